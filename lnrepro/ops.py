@@ -17,6 +17,7 @@ Layer norm reduces over the features of one example; batch norm over the example
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple, Sequence
 
 import jax
@@ -193,7 +194,7 @@ def batch_statistics(x: Array, *, axis: Axes = 0, unbiased: bool = False,
     axes = _canonical_axes(axis, x.ndim)
     xf = x.astype(jnp.float32)
     if mask is None:
-        count = float(jnp.prod(jnp.array([x.shape[a] for a in axes])))
+        count = float(math.prod(x.shape[a] for a in axes))
         mean = jnp.mean(xf, axis=axes)
         sq_dev = jnp.square(xf - jnp.expand_dims(mean, axes))
         var = jnp.sum(sq_dev, axis=axes) / (count - 1.0 if unbiased else count)

@@ -1,0 +1,62 @@
+"""Sweeps over configs/pi_mnist.py, run by experiments/sweep.py (finished runs are skipped).
+
+  fig6        Fig. 6: norm in {none, batch, layer} x batch size {128, 4}, 60 epochs, seeds 0-2,
+              most informative first (every norm and batch size at seed 0, then seeds 1 and 2).
+  quick       Fig. 6 in a few epochs, one seed: what `make reproduce` runs (~10 min on 2 cores).
+  batch_sizes Final test error vs batch size 1, 2, 4, ..., 256 at an equal budget of examples
+              seen (the same number of epochs), seeds 0-2. BN is left out at batch size 1 (one
+              example has no batch variance).
+  lr_search   The learning-rate search on the validation split that chose the defaults in
+              lnrepro/tasks/pi_mnist.py (short runs; README, "Choosing the learning rate").
+
+  python -m experiments.sweep --sweep=configs/pi_mnist_sweeps.py:fig6 \
+      --workdir_root=runs/pi_mnist/fig6 --results_dir=results/pi_mnist/fig6
+"""
+
+from ml_collections import config_dict
+
+NORMS = ("none", "batch", "layer")
+QUICK_EPOCHS = 4
+BATCH_SIZE_EPOCHS = 3
+LR_SEARCH = {128: ((3e-4, 1e-3, 3e-3), 3), 4: ((3e-5, 1e-4, 3e-4), 1)}  # rates, epochs
+
+
+def _run(name, **overrides):
+    return {"name": name, "overrides": overrides}
+
+
+def fig6_runs(seeds=(0, 1, 2), num_epochs=60):
+    return [_run(f"{norm}_bs{bs}_seed{seed}", norm=norm, batch_size=bs, seed=seed,
+                 num_epochs=num_epochs)
+            for seed in seeds for bs in (128, 4) for norm in NORMS]
+
+
+def batch_size_runs(seeds=(0, 1, 2)):
+    return [_run(f"{norm}_bs{bs}_seed{seed}", norm=norm, batch_size=bs, seed=seed,
+                 num_epochs=BATCH_SIZE_EPOCHS)
+            for seed in seeds for bs in (256, 128, 64, 32, 16, 8, 4, 2, 1) for norm in NORMS
+            if not (norm == "batch" and bs == 1)]
+
+
+def lr_search_runs():
+    return [_run(f"{norm}_bs{bs}_lr{lr:g}", norm=norm, batch_size=bs, learning_rate=lr,
+                 num_epochs=epochs)
+            for bs, (rates, epochs) in LR_SEARCH.items() for lr in rates for norm in NORMS]
+
+
+SWEEPS = {
+    "fig6": fig6_runs,
+    "quick": lambda: fig6_runs(seeds=(0,), num_epochs=QUICK_EPOCHS),
+    "batch_sizes": batch_size_runs,
+    "lr_search": lr_search_runs,
+}
+
+
+def get_config(name: str) -> config_dict.ConfigDict:
+    if name not in SWEEPS:
+        raise KeyError(f"unknown sweep {name!r}; choose one of {sorted(SWEEPS)}.")
+    return config_dict.ConfigDict({
+        "driver": "experiments.pi_mnist",
+        "base_config": "configs/pi_mnist.py",
+        "runs": SWEEPS[name](),
+    })

@@ -1,0 +1,92 @@
+"""Runs a sweep: one driver process per run, finished runs skipped, records copied to results/.
+
+  python -m experiments.sweep --sweep=configs/pi_mnist_sweeps.py:fig6 \
+      --workdir_root=runs/pi_mnist --results_dir=results/pi_mnist
+
+A sweep file's `get_config(name)` returns {'driver', 'base_config', 'runs': [{'name', 'overrides'}]}.
+A run is finished when `<results_dir>/<name>/metrics.jsonl` exists: the sweep copies a run's
+config.json and metrics.jsonl there only after the driver exits successfully, so those small files
+can be committed while checkpoints stay in the workdir. An interrupted run resumes from its
+workdir's checkpoint the next time the sweep runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lnrepro import metrics
+
+_SWEEP = config_flags.DEFINE_config_file("sweep", None, "Sweep file, e.g. "
+                                         "configs/pi_mnist_sweeps.py:fig6.")
+_WORKDIR_ROOT = flags.DEFINE_string("workdir_root", None, "Runs go to <workdir_root>/<name>.")
+_RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Finished runs' config.json and "
+                                   "metrics.jsonl are copied to <results_dir>/<name>/.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands without running them.")
+flags.mark_flags_as_required(["sweep", "workdir_root", "results_dir"])
+
+
+def run_command(driver: str, base_config: str, overrides: dict[str, Any], workdir: str) -> list:
+    """The driver's command line: `python -m <driver> --config=... --config.k=v ...`."""
+    args = [sys.executable, "-m", driver, f"--config={base_config}", f"--workdir={workdir}"]
+    for key, value in overrides.items():
+        if isinstance(value, (tuple, list)):
+            value = "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        args.append(f"--config.{key}={value}")
+    return args
+
+
+def is_finished(results_dir: str, name: str) -> bool:
+    return os.path.exists(os.path.join(results_dir, name, metrics.METRICS_FILE))
+
+
+def publish(workdir: str, results_dir: str, name: str) -> None:
+    """Copies the run's record (not its checkpoints) into results_dir/name."""
+    target = os.path.join(results_dir, name)
+    os.makedirs(target, exist_ok=True)
+    # metrics.jsonl last: its presence marks the run finished.
+    for filename in (metrics.CONFIG_FILE, metrics.METRICS_FILE):
+        shutil.copyfile(os.path.join(workdir, filename), os.path.join(target, filename + ".tmp"))
+        os.replace(os.path.join(target, filename + ".tmp"), os.path.join(target, filename))
+
+
+def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False) -> list[str]:
+    """Runs every unfinished run in order; returns the names of the runs it ran."""
+    ran = []
+    runs = list(sweep.runs)
+    for index, run in enumerate(runs):
+        name = run["name"]
+        if is_finished(results_dir, name):
+            logging.info("[%d/%d] %s: finished, skipped.", index + 1, len(runs), name)
+            continue
+        workdir = os.path.join(workdir_root, name)
+        command = run_command(sweep.driver, sweep.base_config, dict(run["overrides"]), workdir)
+        logging.info("[%d/%d] %s: %s", index + 1, len(runs), name, " ".join(command))
+        if dry_run:
+            continue
+        start = time.time()
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            raise RuntimeError(f"run {name} failed (exit {result.returncode}); its log is above. "
+                               f"Re-running the sweep resumes it from {workdir}.")
+        publish(workdir, results_dir, name)
+        logging.info("%s finished in %.0f s.", name, time.time() - start)
+        ran.append(name)
+    return ran
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.INFO)
+    run_sweep(_SWEEP.value, _WORKDIR_ROOT.value, _RESULTS_DIR.value, _DRY_RUN.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,121 @@
+"""The workdir record: config.json, metrics.jsonl (one JSON line per evaluation), a progress line.
+
+Plots and tables are rebuilt from metrics.jsonl alone, so every line carries what a reader needs
+(the round, the step, the examples seen, wall time) next to the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Iterable
+
+from absl import logging
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+class WorkdirConfigMismatch(ValueError):
+    """The workdir holds a run made with another config."""
+
+
+def _json_default(value: Any):
+    if hasattr(value, "tolist"):  # numpy and jax scalars and arrays
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_config(workdir: str, config: dict[str, Any], *, ignore: Iterable[str] = ()) -> None:
+    """Writes config.json, or checks that a resumed run uses the same config.
+
+    `ignore` names keys that may differ on resume (e.g. where the data lives).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_FILE)
+    new = json.loads(json.dumps(config, default=_json_default, sort_keys=True))
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        differing = sorted(k for k in set(old) | set(new)
+                           if k not in ignore and old.get(k) != new.get(k))
+        if differing:
+            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing)
+            raise WorkdirConfigMismatch(
+                f"{workdir} holds a run with a different config ({details}). Use a new --workdir, "
+                f"or delete {workdir} to start this run over.")
+        return
+    _atomic_write(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+
+def read_config(workdir: str) -> dict[str, Any]:
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+        return json.load(f)
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All metric lines of a run ([] if none). A torn last line (a kill mid-write) is dropped."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def truncate_metrics(workdir: str, last_round: int) -> None:
+    """Keeps the lines up to `last_round`: on resume, later rounds are recomputed."""
+    rows = [r for r in read_metrics(workdir) if r["round"] <= last_round]
+    _atomic_write(os.path.join(workdir, METRICS_FILE),
+                  "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+
+
+def append_metrics(workdir: str, row: dict[str, Any]) -> None:
+    for key, value in row.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            row[key] = None if math.isnan(value) else value
+    with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+        f.write(json.dumps(row, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class Progress:
+    """One log line per round: metrics, throughput and an ETA from the rounds timed so far."""
+
+    def __init__(self, total_rounds: int, first_round: int):
+        self.total_rounds = total_rounds
+        self.first_round = first_round
+        self.start = time.time()
+
+    def line(self, round_index: int, row: dict[str, Any]) -> str:
+        done = round_index - self.first_round + 1
+        elapsed = time.time() - self.start
+        eta = elapsed / max(done, 1) * (self.total_rounds - round_index - 1)
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in row.items() if k not in ("round",))
+        return f"[{round_index + 1}/{self.total_rounds}] {shown} eta={_duration(eta)}"
+
+    def log(self, round_index: int, row: dict[str, Any]) -> None:
+        logging.info("%s", self.line(round_index, row))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"

@@ -1,0 +1,1 @@
+"""Experiments as `train.Task`s: what differs between them, handed to the one trainer."""

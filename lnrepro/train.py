@@ -1,0 +1,239 @@
+"""One trainer for every experiment.
+
+An experiment hands the trainer a `Task`: its model, how to cut a round of training into chunks of
+steps, how a chunk item becomes a batch on the device, and how to evaluate. The trainer owns
+everything else: the TrainState (with BN's population statistics when the model has any), the
+jitted chunk of steps (several small-batch steps inside one `lax.scan`, the state buffers donated),
+data-parallel sharding, the NaN guard, the workdir record, checkpoints and resume.
+
+A run is a sequence of rounds (an epoch for MNIST, a validation interval for the reader); after
+each round the trainer evaluates, appends one line to metrics.jsonl and checkpoints. Re-running the
+same command resumes from the last checkpoint and recomputes any round after it, so an interrupted
+run ends with the same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lnrepro import checkpoints, metrics
+
+Batch = dict[str, jax.Array]
+DATA_AXIS = "data"
+
+
+class TrainState(train_state.TrainState):
+    """Params and optimizer state, plus BN's population statistics (None for LN and no-norm
+    models: layer norm keeps no state)."""
+    batch_stats: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What differs between experiments; the trainer takes it as an argument.
+
+    model: `apply(variables, batch, train=...)` -> logits [B, C]; batch['label'] holds [B] ints
+      and an optional batch['weight'] [B] marks padded examples (0) in evaluation.
+    init_batch: a batch of the training shape, to initialize the model.
+    num_rounds: training rounds; each is followed by an evaluation.
+    train_chunks: round -> iterable of chunks (pytrees whose leading axis is the steps of one
+      jitted call). The shapes should be few: each new shape compiles once.
+    select_batch: (device_data, chunk item) -> batch, traced inside the jitted step.
+    device_data: arrays kept on the devices for the whole run (replicated), or None.
+    evaluate: (state, eval_step) -> metrics for the round, where eval_step(state, batch) returns
+      sums {'nll', 'errors', 'count'}.
+    examples_per_step: the global batch size, for examples seen and throughput.
+    round_name: how the metrics name a round ('epoch', 'interval').
+    """
+    model: nn.Module
+    init_batch: Batch
+    num_rounds: int
+    train_chunks: Callable[[int], Iterable[Any]]
+    select_batch: Callable[[Any, Any], Batch]
+    device_data: Any
+    evaluate: Callable[[TrainState, Callable], dict[str, float]]
+    examples_per_step: int
+    round_name: str = "round"
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam, optionally after clipping the global gradient norm (the attentive reader's 10)."""
+    adam = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2,
+                      eps=config.adam_eps)
+    clip = config.get("grad_clip_norm")
+    return optax.chain(optax.clip_by_global_norm(clip), adam) if clip else adam
+
+
+def create_train_state(rng: jax.Array, model: nn.Module, init_batch: Batch,
+                       tx: optax.GradientTransformation) -> TrainState:
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        {"params": rng, "dropout": rng}, init_batch)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats"))
+
+
+def _variables(state: TrainState, params=None) -> dict[str, Any]:
+    variables = {"params": state.params if params is None else params}
+    if state.batch_stats is not None:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example NLL [B] of integer labels, computed in float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, dict]:
+    """One Adam step on the mean NLL; BN population statistics are updated by the model."""
+    has_batch_stats = state.batch_stats is not None
+
+    def loss_fn(params):
+        out = state.apply_fn(_variables(state, params), batch, train=True,
+                             rngs={"dropout": rng},
+                             mutable=["batch_stats"] if has_batch_stats else False)
+        logits, updates = out if has_batch_stats else (out, {})
+        return jnp.mean(cross_entropy(logits, batch["label"])), updates
+
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads)
+    if has_batch_stats:
+        new_state = new_state.replace(batch_stats=updates["batch_stats"])
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+    """Sums of NLL and errors over the (weighted) examples of one batch, in evaluation mode."""
+    logits = state.apply_fn(_variables(state), batch, train=False)
+    weight = batch.get("weight", jnp.ones(batch["label"].shape, jnp.float32))
+    nll = cross_entropy(logits, batch["label"])
+    errors = (jnp.argmax(logits, axis=-1) != batch["label"]).astype(jnp.float32)
+    return {"nll": jnp.sum(nll * weight), "errors": jnp.sum(errors * weight),
+            "count": jnp.sum(weight)}
+
+
+def summarize(sums: Iterable[dict[str, jax.Array]], prefix: str) -> dict[str, float]:
+    """Adds up eval_step sums over batches into '<prefix>_nll' and '<prefix>_error'."""
+    total = {"nll": 0.0, "errors": 0.0, "count": 0.0}
+    for s in jax.device_get(list(sums)):
+        for k in total:
+            total[k] += float(s[k])
+    count = max(total["count"], 1.0)
+    return {f"{prefix}_nll": total["nll"] / count, f"{prefix}_error": total["errors"] / count}
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh over every device (all hosts' when jax.distributed is initialized)."""
+    # Auto axis types: the compiler propagates shardings (the batch gather in `select_batch` has
+    # a replicated operand and sharded indices, which explicit sharding would have us annotate).
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def make_run_chunk(task: Task, mesh: jax.sharding.Mesh) -> Callable:
+    """jit(scan(train_step)) over the steps of a chunk; the state's buffers are donated.
+
+    Each step's batch is constrained to be sharded over the data axis, so under several devices
+    the forward and backward passes are data-parallel and BN's statistics cover the global batch.
+    """
+    batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+
+    def run_chunk(state, device_data, chunk, rng):
+        def body(state, item):
+            batch = task.select_batch(device_data, item)
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            # Fold in the step so a resumed run draws the same dropout masks.
+            return train_step(state, batch, jax.random.fold_in(rng, state.step))
+        return jax.lax.scan(body, state, chunk)
+
+    return jax.jit(run_chunk, donate_argnums=(0,))
+
+
+def shard_chunk(chunk: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Puts a host chunk [steps, batch, ...] on the devices, batch axis split over `data`."""
+    sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+    return jax.device_put(chunk, sharding)
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss or gradient norm."""
+
+
+def _check_finite(step_metrics: dict[str, np.ndarray], round_index: int, workdir: str) -> None:
+    bad = [k for k, v in step_metrics.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise NonFiniteLossError(
+            f"{' and '.join(bad)} stopped being finite in round {round_index + 1}. The last good "
+            f"checkpoint is in {workdir}/checkpoints; lower config.learning_rate (or set "
+            f"config.grad_clip_norm) and start a new workdir.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       build_task: Callable[[ml_collections.ConfigDict], Task]) -> list[dict]:
+    """Trains and evaluates as `config` says, recording everything in `workdir`.
+
+    Returns the metric rows of the whole run (including rounds done before a resume).
+    """
+    metrics.write_config(workdir, config.to_dict(), ignore=("data_dir",))
+    task = build_task(config)
+    mesh = make_mesh()
+    if task.examples_per_step % mesh.size:
+        raise ValueError(f"batch size {task.examples_per_step} must be divisible by the "
+                         f"{mesh.size} devices of the data-parallel mesh.")
+
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    state = replicate(create_train_state(init_rng, task.model, task.init_batch,
+                                         make_optimizer(config)), mesh)
+    manager = checkpoints.make_manager(workdir)
+    last_round, state = checkpoints.restore_latest(manager, state)
+    first_round = 0 if last_round is None else last_round + 1
+    metrics.truncate_metrics(workdir, first_round - 1)
+    if first_round:
+        logging.info("Resuming %s after %s %d.", workdir, task.round_name, first_round)
+
+    device_data = replicate(task.device_data, mesh)
+    run_chunk = make_run_chunk(task, mesh)
+    jit_eval_step = jax.jit(eval_step)
+    progress = metrics.Progress(task.num_rounds, first_round)
+    for round_index in range(first_round, task.num_rounds):
+        start = time.time()
+        step_metrics = []
+        for chunk in task.train_chunks(round_index):
+            state, chunk_metrics = run_chunk(state, device_data, shard_chunk(chunk, mesh),
+                                             train_rng)
+            step_metrics.append(chunk_metrics)
+        step_metrics = {k: np.concatenate([np.asarray(m[k]) for m in step_metrics])
+                        for k in ("loss", "grad_norm")}
+        train_seconds = time.time() - start
+        _check_finite(step_metrics, round_index, workdir)
+
+        steps_done = int(state.step)
+        row = {"round": round_index, task.round_name: round_index + 1, "step": steps_done,
+               "examples_seen": steps_done * task.examples_per_step,
+               "train_loss_running": float(np.mean(step_metrics["loss"])),
+               "grad_norm_max": float(np.max(step_metrics["grad_norm"]))}
+        row.update(task.evaluate(state, jit_eval_step))
+        row["examples_per_sec"] = len(step_metrics["loss"]) * task.examples_per_step / train_seconds
+        row["round_seconds"] = time.time() - start
+        metrics.append_metrics(workdir, row)
+        progress.log(round_index, row)
+        checkpoints.save(manager, round_index, state)
+    manager.close()
+    return metrics.read_metrics(workdir)
