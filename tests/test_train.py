@@ -1,0 +1,249 @@
+"""The trainer on the pi_mnist task, on a tiny dataset built by the real builder."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import pi_mnist as pi_mnist_config
+from lnrepro import metrics, train
+from lnrepro.tasks import pi_mnist
+from tests import tiny_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING_KEYS = ("examples_per_sec", "round_seconds")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tiny_mnist"))
+    config = tiny_data.make_tiny_mnist(data_dir)
+    return data_dir, tiny_data.tiny_loader(data_dir, config)
+
+
+def small_config(data_dir, **overrides):
+    config = pi_mnist_config.get_config()
+    config.data_dir = data_dir
+    config.hidden_sizes = (32, 32)
+    config.batch_size = 16
+    config.num_epochs = 3
+    config.eval_batch_size = 32
+    config.learning_rate = 3e-3
+    for key, value in overrides.items():
+        config[key] = value
+    return pi_mnist.resolve_config(config)
+
+
+def build(load_split):
+    return lambda config: pi_mnist.build_task(config, load_split=load_split)
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "layer", "weight"])
+def test_one_chunk_of_steps_gives_finite_params_and_lower_loss(tiny, norm):
+    _, load_split = tiny
+    config = small_config(tiny[0], norm=norm, steps_per_call=8)
+    task = build(load_split)(config)
+    mesh = train.make_mesh()
+    state = train.create_train_state(jax.random.key(0), task.model, task.init_batch,
+                                     train.make_optimizer(config))
+    assert (state.batch_stats is not None) == (norm == "batch")  # LN keeps no state
+    run_chunk = train.make_run_chunk(task, mesh)
+    chunk = task.train_chunks(0)[0]
+    state, step_metrics = run_chunk(state, task.device_data, train.shard_chunk(chunk, mesh),
+                                    jax.random.key(1))
+    losses = np.asarray(step_metrics["loss"])
+    assert losses.shape == (8,)
+    assert np.all(np.isfinite(losses))
+    # At initialization the NLL of 10 classes is near log(10); a few Adam steps lower it.
+    assert 1.0 < losses[0] < 4.0
+    assert losses[-1] < losses[0]
+    assert int(state.step) == 8
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
+
+
+def test_scan_of_steps_equals_steps_one_at_a_time(tiny):
+    _, load_split = tiny
+    config = small_config(tiny[0], norm="batch", steps_per_call=4)
+    task = build(load_split)(config)
+    mesh = train.make_mesh()
+    make_state = lambda: train.create_train_state(jax.random.key(0), task.model,
+                                                  task.init_batch, train.make_optimizer(config))
+    run_chunk = train.make_run_chunk(task, mesh)
+    chunk = task.train_chunks(0)[0]
+    together, _ = run_chunk(make_state(), task.device_data, chunk, jax.random.key(1))
+    one_by_one = make_state()
+    for i in range(4):
+        one_by_one, _ = run_chunk(one_by_one, task.device_data, chunk[i:i + 1],
+                                  jax.random.key(1))
+    for a, b in zip(jax.tree.leaves((together.params, together.batch_stats)),
+                    jax.tree.leaves((one_by_one.params, one_by_one.batch_stats))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_epoch_chunks_are_a_seeded_permutation():
+    chunks = pi_mnist.epoch_index_chunks(100, 8, 5, seed=3, epoch=1)
+    assert [c.shape for c in chunks] == [(5, 8), (5, 8), (2, 8)]  # 12 steps, 4 examples left out
+    flat = np.concatenate([c.ravel() for c in chunks])
+    assert len(np.unique(flat)) == 96 and flat.max() < 100
+    again = pi_mnist.epoch_index_chunks(100, 8, 5, seed=3, epoch=1)
+    assert all(np.array_equal(a, b) for a, b in zip(chunks, again))
+    other_epoch = pi_mnist.epoch_index_chunks(100, 8, 5, seed=3, epoch=2)
+    assert not np.array_equal(chunks[0], other_epoch[0])
+
+
+def test_full_tiny_run_writes_config_metrics_and_checkpoints(tiny, tmp_path):
+    data_dir, load_split = tiny
+    config = small_config(data_dir, norm="layer")
+    rows = train.train_and_evaluate(config, str(tmp_path), build(load_split))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "metrics.jsonl"]
+    assert metrics.read_config(str(tmp_path))["norm"] == "layer"
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    steps_per_epoch = 256 // 16
+    assert [r["step"] for r in rows] == [steps_per_epoch * e for e in (1, 2, 3)]
+    for key in ("train_nll", "train_error", "valid_nll", "valid_error", "test_nll",
+                "test_error", "examples_per_sec"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    # The tiny classes are easy: the run must learn them.
+    assert rows[-1]["train_nll"] < rows[0]["train_nll"]
+    assert rows[-1]["test_error"] < 0.5
+    assert rows == metrics.read_metrics(str(tmp_path))
+
+
+def test_killed_run_resumes_to_the_same_metrics(tiny, tmp_path):
+    data_dir, load_split = tiny
+    config = small_config(data_dir, norm="batch", batch_size=8, num_epochs=3)
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"), build(load_split))
+
+    class Killed(Exception):
+        pass
+
+    def build_killed_in_epoch_3(cfg):
+        task = pi_mnist.build_task(cfg, load_split=load_split)
+
+        def chunks(epoch):
+            if epoch == 2:
+                raise Killed()
+            return task.train_chunks(epoch)
+        return dataclasses.replace(task, train_chunks=chunks)
+
+    workdir = str(tmp_path / "killed")
+    with pytest.raises(Killed):
+        train.train_and_evaluate(config, workdir, build_killed_in_epoch_3)
+    assert len(metrics.read_metrics(workdir)) == 2
+    # A line written after the last checkpoint (a kill between the two) must be recomputed.
+    with open(os.path.join(workdir, metrics.METRICS_FILE), "a") as f:
+        f.write(json.dumps({"round": 2, "epoch": 3, "stale": True}) + "\n")
+    resumed = train.train_and_evaluate(config, workdir, build(load_split))
+    assert without_timing(resumed) == without_timing(straight)
+
+
+def test_resume_with_a_different_config_is_refused(tiny, tmp_path):
+    data_dir, load_split = tiny
+    train.train_and_evaluate(small_config(data_dir, num_epochs=1), str(tmp_path),
+                             build(load_split))
+    with pytest.raises(metrics.WorkdirConfigMismatch, match=r"norm: 'layer' -> 'batch'"):
+        train.train_and_evaluate(small_config(data_dir, num_epochs=1, norm="batch"),
+                                 str(tmp_path), build(load_split))
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
+    data_dir, load_split = tiny
+
+    def build_poisoned(cfg):
+        task = pi_mnist.build_task(cfg, load_split=load_split)
+        poison = lambda data, idx: {"image": data["image"][idx] * jnp.nan,
+                                    "label": data["label"][idx]}
+        return dataclasses.replace(task, select_batch=poison)
+
+    with pytest.raises(train.NonFiniteLossError, match="lower config.learning_rate"):
+        train.train_and_evaluate(small_config(data_dir, num_epochs=1), str(tmp_path),
+                                 build_poisoned)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("norm", "group", "config.norm must be one of"),
+    ("batch_size", 0, "config.batch_size must be >= 1"),
+    ("learning_rate", -1.0, "config.learning_rate must be > 0"),
+    ("bn_eval_statistics", "moving", "config.bn_eval_statistics must be one of"),
+])
+def test_bad_config_values_are_refused(key, value, message):
+    config = pi_mnist_config.get_config()
+    config[key] = value
+    with pytest.raises(ValueError, match=message):
+        pi_mnist.resolve_config(config)
+
+
+def test_batch_norm_needs_two_examples():
+    config = pi_mnist_config.get_config("norm=batch,batch_size=1")
+    with pytest.raises(ValueError, match="batch norm needs config.batch_size >= 2"):
+        pi_mnist.resolve_config(config)
+
+
+def test_paper_defaults_are_filled_in():
+    bs4 = pi_mnist.resolve_config(pi_mnist_config.get_config("norm=batch,batch_size=4"))
+    assert bs4.bn_unbiased_variance and bs4.normalize_logits  # sec. 6.6
+    assert bs4.steps_per_call == 128
+    ln = pi_mnist.resolve_config(pi_mnist_config.get_config("norm=layer"))
+    assert not ln.normalize_logits and not ln.bn_unbiased_variance
+
+
+def _run_cli(args, env=None):
+    return subprocess.run([sys.executable, "-m", "experiments.pi_mnist", *args], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=120)
+
+
+def test_cli_rejects_an_unknown_config_key(tmp_path):
+    result = _run_cli(["--config=configs/pi_mnist.py", "--config.nrom=layer",
+                       f"--workdir={tmp_path}"])
+    assert result.returncode != 0
+    assert "nrom" in result.stderr
+
+
+def test_cli_missing_dataset_says_to_run_make_data(tmp_path):
+    result = _run_cli(["--config=configs/pi_mnist.py", f"--config.data_dir={tmp_path}/none",
+                       f"--workdir={tmp_path}/run"])
+    assert result.returncode != 0
+    assert "make data" in result.stderr
+
+
+SHARDED_RUN = """
+import json, sys, jax
+from lnrepro import train
+from lnrepro.tasks import pi_mnist
+from tests import test_train, tiny_data
+data_dir, workdir = sys.argv[1], sys.argv[2]
+config = test_train.small_config(data_dir, norm="batch", num_epochs=1, batch_size=16)
+loader = tiny_data.tiny_loader(data_dir, tiny_data.make_tiny_mnist(data_dir))
+rows = train.train_and_evaluate(config, workdir, test_train.build(loader))
+print(json.dumps({"devices": jax.device_count(), "row": rows[-1]}))
+"""
+
+
+def test_sharded_training_matches_one_device(tiny, tmp_path):
+    """Two CPU devices, the batch split over them: BN's statistics still cover the global batch,
+    so the run matches a one-device run."""
+    data_dir, _ = tiny
+    outputs = {}
+    for devices in (1, 2):
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+               "PYTHONPATH": REPO}
+        result = subprocess.run([sys.executable, "-c", SHARDED_RUN, data_dir,
+                                 str(tmp_path / f"d{devices}")], cwd=REPO, capture_output=True,
+                                text=True, env={**os.environ, **env}, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[devices] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outputs[2]["devices"] == 2
+    one, two = outputs[1]["row"], outputs[2]["row"]
+    for key in ("train_loss_running", "train_nll", "test_nll", "valid_nll"):
+        np.testing.assert_allclose(two[key], one[key], rtol=2e-4, err_msg=key)
