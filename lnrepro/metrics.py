@@ -6,6 +6,7 @@ Plots and tables are rebuilt from metrics.jsonl alone, so every line carries wha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -94,6 +95,38 @@ def _atomic_write(path: str, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """A finished or partial run as its record: config.json and metrics.jsonl."""
+    name: str
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    def series(self, key: str, x: str = "round") -> tuple[list[float], list[float]]:
+        """(x values, key values) over the rows that have `key`."""
+        rows = [r for r in self.rows if r.get(key) is not None]
+        return [r[x] for r in rows], [r[key] for r in rows]
+
+
+def load_runs(results_dir: str) -> list[RunRecord]:
+    """Every run directory below results_dir that holds a config.json and metrics.jsonl."""
+    records = []
+    for root, _, files in sorted(os.walk(results_dir)):
+        if CONFIG_FILE in files and METRICS_FILE in files:
+            records.append(RunRecord(os.path.relpath(root, results_dir), read_config(root),
+                                     read_metrics(root)))
+    return records
+
+
+def group_runs(records: Iterable[RunRecord], keys: tuple[str, ...]
+               ) -> dict[tuple, list[RunRecord]]:
+    """Groups runs by the values of config `keys` (e.g. ('norm', 'batch_size')); seeds pool."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(tuple(record.config.get(k) for k in keys), []).append(record)
+    return groups
 
 
 class Progress:

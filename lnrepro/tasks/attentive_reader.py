@@ -1,0 +1,160 @@
+"""The attentive reader on cloze questions as a `train.Task` (Ba et al. 2016, sec. 6.2, Fig. 2).
+
+A round is `eval_every` updates followed by a validation pass (the paper validates every 1000
+updates). Training batches are length-bucketed and padded (few shapes, so few compiles); the
+stream of batches depends only on (seed, epoch), and the entity permutation of each batch only on
+(seed, update), so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Iterator
+
+import ml_collections
+import numpy as np
+
+from lnrepro import train
+from lnrepro.data import cloze, synthetic_cloze
+from lnrepro.models import attentive_reader
+
+CORPORA = ("synthetic", "cnn")
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks values (so a typo fails before any data is touched); returns an unlocked copy."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    checks = [
+        (config.corpus in CORPORA, f"config.corpus must be one of {CORPORA}, got "
+                                   f"{config.corpus!r}."),
+        (config.cell in attentive_reader.CELLS, f"config.cell must be one of "
+                                                f"{attentive_reader.CELLS}, got {config.cell!r}."),
+        (config.batch_size >= 2, f"config.batch_size must be >= 2, got {config.batch_size}."),
+        (config.num_updates >= 1 and config.eval_every >= 1,
+         "config.num_updates and config.eval_every must be >= 1."),
+        (config.num_updates % config.eval_every == 0,
+         f"config.num_updates ({config.num_updates}) must be a multiple of config.eval_every "
+         f"({config.eval_every})."),
+        (config.learning_rate > 0, f"config.learning_rate must be > 0, got "
+                                   f"{config.learning_rate}."),
+        (0.0 <= config.dropout_rate < 1.0, f"config.dropout_rate must be in [0, 1), got "
+                                           f"{config.dropout_rate}."),
+        (config.corpus != "cnn" or config.manual_dir,
+         "config.corpus='cnn' needs config.manual_dir: the directory holding "
+         "cnn/questions/{training,validation,test}/*.question (the corpus cannot be downloaded "
+         "here; see lnrepro/data/cloze.py)."),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    return config
+
+
+def synthetic_config(config: ml_collections.ConfigDict) -> synthetic_cloze.SyntheticConfig:
+    return synthetic_cloze.SyntheticConfig(**config.synthetic.to_dict())
+
+
+def corpus_dirs(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(manual_dir holding cnn/questions, TFDS data_dir) for the configured corpus. One TFDS
+    data_dir holds one corpus, so each synthetic corpus gets its own, named by its settings."""
+    if config.corpus == "cnn":
+        return config.manual_dir, os.path.join(config.data_dir, "cnn")
+    settings = dataclasses.asdict(synthetic_config(config))
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    root = os.path.join(config.data_dir, f"synthetic_cloze-{digest}")
+    return os.path.join(root, "corpus"), os.path.join(root, "tfds")
+
+
+def prepare_data(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """Writes the synthetic corpus if needed and builds the TFDS dataset once. The real corpus
+    is only read: a missing directory stops with cloze.CorpusNotFoundError saying where to put it.
+    """
+    manual_dir, data_dir = corpus_dirs(config)
+    if config.corpus == "synthetic":
+        synthetic_cloze.write_corpus(manual_dir, synthetic_config(config))
+    cloze.prepare(data_dir, manual_dir, config=config.dataset_config)
+    return manual_dir, data_dir
+
+
+def make_model(config: ml_collections.ConfigDict, vocab_size: int,
+               max_document_steps: int, max_query_steps: int):
+    return attentive_reader.AttentiveReader(
+        vocab_size=vocab_size, features=config.features, cell=config.cell,
+        bn_everywhere=config.bn_everywhere, ln_gain_init=config.ln_gain_init,
+        dropout_rate=config.dropout_rate, max_document_steps=max_document_steps,
+        max_query_steps=max_query_steps)
+
+
+def _with_label(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The trainer's names: 'label' for the answer, 'weight' for real (1) vs filler (0) rows."""
+    out = {k: v for k, v in batch.items() if k not in ("answer", "example_mask")}
+    out["label"] = batch["answer"]
+    out["weight"] = batch["example_mask"]
+    return out
+
+
+def training_batches(data: cloze.EncodedSplit, config: ml_collections.ConfigDict,
+                     entity_ids: np.ndarray, first_update: int) -> Iterator[dict]:
+    """The training stream from update `first_update` on: epoch e's batch order is drawn from
+    (seed, e); update u's entity permutation from (seed, u). Batches are full (remainder dropped).
+    """
+    per_epoch = len(data) // config.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"config.batch_size {config.batch_size} exceeds the {len(data)} "
+                         "training questions.")
+    update = first_update
+    epoch, skip = divmod(first_update, per_epoch)
+    while True:
+        indices = cloze.batch_indices(data.document_lengths, config.batch_size,
+                                      rng=np.random.default_rng([config.seed, epoch]),
+                                      drop_remainder=True)
+        for idx in indices[skip:]:
+            batch = cloze.make_batch(data, idx, bucket_width=config.bucket_width)
+            if config.permute_entities:
+                batch = cloze.permute_entities(
+                    batch, np.random.default_rng([config.seed, 1, update]), entity_ids)
+            yield _with_label(batch)
+            update += 1
+        epoch, skip = epoch + 1, 0
+
+
+def build_task(config: ml_collections.ConfigDict) -> train.Task:
+    _, data_dir = prepare_data(config)
+    vocab = cloze.load_vocab(data_dir, config.dataset_config, min_count=config.vocab_min_count)
+    train_data = cloze.load_split(data_dir, "train", vocab, config=config.dataset_config)
+    valid_data = cloze.load_split(data_dir, "validation", vocab, config=config.dataset_config)
+    longest = int(max(train_data.document_lengths.max(), valid_data.document_lengths.max()))
+    longest_query = int(max(max(len(q) for q in train_data.queries),
+                            max(len(q) for q in valid_data.queries)))
+    model = make_model(config, len(vocab), cloze.round_up(longest, config.bucket_width),
+                       cloze.round_up(longest_query, 16))
+
+    valid_batches = [_with_label(b) for b in cloze.iterate_batches(
+        valid_data, config.eval_batch_size, bucket_width=config.bucket_width,
+        pad_to_batch_size=True)]
+
+    def evaluate(state, eval_step):
+        return train.summarize((eval_step(state, b) for b in valid_batches), "valid")
+
+    def train_chunks(round_index: int):
+        stream = training_batches(train_data, config, vocab.entity_ids,
+                                  round_index * config.eval_every)
+        for _ in range(config.eval_every):
+            yield {k: v[None] for k, v in next(stream).items()}  # one step per jitted call
+
+    init_batch = _with_label(cloze.make_batch(train_data, np.arange(config.batch_size),
+                                              bucket_width=config.bucket_width))
+    return train.Task(
+        model=model,
+        init_batch=init_batch,
+        num_rounds=config.num_updates // config.eval_every,
+        train_chunks=train_chunks,
+        select_batch=lambda _, batch: batch,
+        device_data=None,
+        evaluate=evaluate,
+        examples_per_step=config.batch_size,
+        round_name="interval",
+    )

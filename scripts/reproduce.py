@@ -1,0 +1,55 @@
+"""The main job: run the experiments' sweeps, then rebuild every figure and table from the records.
+
+  python -m scripts.reproduce --profile=quick   # `make reproduce`: a few epochs, ~10 min on 2 cores
+  python -m scripts.reproduce --profile=full    # `make reproduce-full`: the paper-length runs
+
+quick writes runs/quick/ (records, figures, tables; nothing committed). full writes its records to
+results/ (commit them as runs finish) and its figures beside them. Both skip finished runs, so an
+interrupted reproduction continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+from lnrepro import metrics
+from scripts import plot_curves, results_table
+
+PROFILES = {
+    # profile: (pi_mnist sweep, workdir root, records dir, figure/table dir)
+    "quick": ("quick", "runs/quick/workdirs/pi_mnist", "runs/quick/records/pi_mnist",
+              "runs/quick"),
+    "full": ("fig6", "runs/pi_mnist/fig6", "results/pi_mnist/fig6", "results"),
+}
+
+_PROFILE = flags.DEFINE_enum("profile", "quick", sorted(PROFILES), "Which reproduction to run.")
+
+
+def run_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
+    command = [sys.executable, "-m", "experiments.sweep", f"--sweep={sweep}",
+               f"--workdir_root={workdir_root}", f"--results_dir={records_dir}"]
+    subprocess.run(command, check=True)
+
+
+def reproduce_pi_mnist(profile: str) -> str:
+    sweep, workdir_root, records_dir, out_dir = PROFILES[profile]
+    run_sweep(f"configs/pi_mnist_sweeps.py:{sweep}", workdir_root, records_dir)
+    records = metrics.load_runs(records_dir)
+    figure = plot_curves.plot_fig6(records, os.path.join(out_dir, "pi_mnist_fig6.png"))
+    text = results_table.table(records)
+    with open(os.path.join(out_dir, "pi_mnist_table.md"), "w") as f:
+        f.write(text + "\n")
+    return f"Permutation-invariant MNIST ({profile}): {figure}\n\n{text}\n"
+
+
+def main(argv):
+    del argv
+    print(reproduce_pi_mnist(_PROFILE.value))
+
+
+if __name__ == "__main__":
+    app.run(main)
