@@ -64,6 +64,7 @@ class _Cell(nn.Module):
 
     num_gates = 4  # overridden by GRUs
     carry_parts = 2  # (c, h) for LSTMs, h alone for GRUs
+    num_feature_axes = 1  # read by flax.linen.RNN (inputs [..., D])
 
     def _input_dense(self, name: str, width: int | None = None) -> nn.Dense:
         return nn.Dense(width or self.num_gates * self.features, use_bias=False,

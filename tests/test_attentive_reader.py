@@ -1,0 +1,146 @@
+"""The attentive reader task on a tiny synthetic corpus through the real reader and builder."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import attentive_reader as reader_config
+from lnrepro import train
+from lnrepro.data import cloze
+from lnrepro.tasks import attentive_reader
+
+VARIANTS = {  # name: (cell, bn_everywhere)
+    "lstm": ("lstm", False),
+    "bnlstm": ("bnlstm", False),
+    "bn_everywhere": ("bnlstm", True),
+    "lnlstm": ("lnlstm", False),
+}
+
+
+def tiny_config(data_dir, **overrides):
+    config = reader_config.get_config()
+    config.data_dir = str(data_dir)
+    config.synthetic.num_train = 96
+    config.synthetic.num_validation = 24
+    config.synthetic.num_test = 8
+    config.features = 8
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.num_updates = 4
+    config.eval_every = 2
+    for key, value in overrides.items():
+        config[key] = value
+    return attentive_reader.resolve_config(config)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cloze")
+    attentive_reader.prepare_data(tiny_config(directory))
+    return directory
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_one_training_step_per_variant(data_dir, variant):
+    cell, bn_everywhere = VARIANTS[variant]
+    config = tiny_config(data_dir, cell=cell, bn_everywhere=bn_everywhere)
+    task = attentive_reader.build_task(config)
+    state = train.create_train_state(jax.random.key(0), task.model, task.init_batch,
+                                     train.make_optimizer(config))
+    assert (state.batch_stats is not None) == (cell == "bnlstm" or bn_everywhere)
+    mesh = train.make_mesh()
+    run_chunk = train.make_run_chunk(task, mesh)
+    losses = []
+    for chunk in task.train_chunks(0):
+        state, step_metrics = run_chunk(state, None, train.shard_chunk(chunk, mesh),
+                                        jax.random.key(1))
+        losses.append(float(step_metrics["loss"][0]))
+    assert len(losses) == config.eval_every and all(np.isfinite(losses))
+    # Uniform over the vocabulary at first: the NLL starts near log(V).
+    vocab_size = task.model.vocab_size
+    assert abs(losses[0] - np.log(vocab_size)) < 1.0
+    row = task.evaluate(state, jax.jit(train.eval_step))
+    assert 0.0 <= row["valid_error"] <= 1.0 and np.isfinite(row["valid_nll"])
+
+
+def _variables(task, config):
+    return task.model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
+                           task.init_batch, train=False)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_padding_changes_nothing_for_the_real_tokens(data_dir, variant):
+    cell, bn_everywhere = VARIANTS[variant]
+    config = tiny_config(data_dir, cell=cell, bn_everywhere=bn_everywhere)
+    task = attentive_reader.build_task(config)
+    variables = _variables(task, config)
+    batch = {k: jnp.asarray(v) for k, v in task.init_batch.items()}
+    # Pad the documents by 32 more steps, with junk token ids under a zero mask.
+    extra = 32
+    padded = dict(batch)
+    padded["document"] = jnp.pad(batch["document"], ((0, 0), (0, extra)), constant_values=7)
+    padded["document_mask"] = jnp.pad(batch["document_mask"], ((0, 0), (0, extra)))
+    a = task.model.apply(variables, batch, train=False)
+    b = task.model.apply(variables, padded, train=False)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_training_stream_permutes_entities_and_validation_does_not(data_dir):
+    config = tiny_config(data_dir)
+    _, tfds_dir = attentive_reader.corpus_dirs(config)
+    vocab = cloze.load_vocab(tfds_dir, config.dataset_config)
+    data = cloze.load_split(tfds_dir, "train", vocab, config=config.dataset_config)
+    plain = tiny_config(data_dir, permute_entities=False)
+    permuted = next(attentive_reader.training_batches(data, config, vocab.entity_ids, 0))
+    original = next(attentive_reader.training_batches(data, plain, vocab.entity_ids, 0))
+    entities = set(vocab.entity_ids.tolist())
+    assert np.array_equal(permuted["document_mask"], original["document_mask"])
+    assert not np.array_equal(permuted["document"], original["document"])
+    # Only entity ids move, and the answer moves with its occurrences in the document.
+    moved = permuted["document"] != original["document"]
+    assert set(original["document"][moved].tolist()) <= entities
+    for doc_p, doc_o, ans_p, ans_o in zip(permuted["document"], original["document"],
+                                          permuted["label"], original["label"]):
+        np.testing.assert_array_equal(doc_p == ans_p, doc_o == ans_o)
+    # The stream is reproducible from any update: resuming at update 3 gives update 3's batch.
+    stream = attentive_reader.training_batches(data, config, vocab.entity_ids, 0)
+    fourth = [next(stream) for _ in range(4)][3]
+    resumed = next(attentive_reader.training_batches(data, config, vocab.entity_ids, 3))
+    for key in fourth:
+        np.testing.assert_array_equal(fourth[key], resumed[key])
+
+
+def test_gain_ablation_switch_sets_every_ln_gain(data_dir):
+    config = tiny_config(data_dir, cell="lnlstm", ln_gain_init=0.1)
+    task = attentive_reader.build_task(config)
+    params = _variables(task, config)["params"]
+    scales = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+              if "norm" in jax.tree_util.keystr(path) and "scale" in jax.tree_util.keystr(path)]
+    assert len(scales) == 6  # 3 LNs in each of the two LSTMs
+    assert all(np.allclose(s, 0.1) for s in scales)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("cell", "gru", "config.cell must be one of"),
+    ("corpus", "wiki", "config.corpus must be one of"),
+    ("num_updates", 5, "must be a multiple of config.eval_every"),
+])
+def test_bad_config_values_are_refused(tmp_path, key, value, message):
+    config = reader_config.get_config()
+    config[key] = value
+    with pytest.raises(ValueError, match=message):
+        attentive_reader.resolve_config(config)
+
+
+def test_real_corpus_needs_a_manual_dir_and_says_where(tmp_path):
+    config = reader_config.get_config("paper")
+    with pytest.raises(ValueError, match="cnn/questions"):
+        attentive_reader.resolve_config(config)
+    config.manual_dir = str(tmp_path / "nowhere")
+    config.data_dir = str(tmp_path)
+    with pytest.raises(cloze.CorpusNotFoundError, match="cnn/questions"):
+        attentive_reader.prepare_data(attentive_reader.resolve_config(config))
+    assert not os.path.exists(tmp_path / "cnn" / "cnn_cloze" / "top4" / "1.0.0")

@@ -1,0 +1,32 @@
+"""Smoke test of scripts/benchmark_ops.py: --quick runs end to end, fast, and prints every row."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from scripts import benchmark_ops
+
+
+def test_benchmark_quick(capsys):
+    start = time.perf_counter()
+    assert benchmark_ops.main(["--quick", "--repeats", "3"]) == 0
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    assert elapsed < 20, f"--quick took {elapsed:.1f} s"
+
+    assert "| shape | mode | ours ms (x copy) | flax ms (x copy) | textbook ms (x copy) | " \
+           "copy ms (x copy) |" in out
+    number = r"(\d+\.\d+) \((\d+\.\d+)x\)"
+    for n, h in benchmark_ops.QUICK_LN_SHAPES:
+        for mode in ("fwd", "fwd+bwd"):
+            row = re.search(rf"^\| {n}x{h} \| {re.escape(mode)} \| {number} \| {number} \| "
+                            rf"{number} \| {number} \|$", out, re.MULTILINE)
+            assert row, (n, h, mode, out)
+            values = [float(v) for v in row.groups()]
+            assert all(v > 0 for v in values)
+            assert values[-1] == 1.0  # the copy's ratio to itself
+    lstm = dict(re.findall(r"^\| (lstm|lnlstm) \| (\d+\.\d+) \| \d+\.\d+x \|$", out, re.MULTILINE))
+    assert set(lstm) == {"lstm", "lnlstm"} and all(float(v) > 0 for v in lstm.values())
+    assert re.search(r"layer_norm fwd\+bwd within 4x .* -> (MET|NOT MET)", out)
+    assert re.search(r"LN-LSTM fwd\+bwd within 1.2x .* -> (MET|NOT MET)", out)
