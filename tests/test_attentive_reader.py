@@ -31,6 +31,7 @@ def tiny_config(data_dir, **overrides):
     config.eval_batch_size = 16
     config.num_updates = 4
     config.eval_every = 2
+    config.bucket_width = 128  # every tiny document fits one shape: one compile per variant
     for key, value in overrides.items():
         config[key] = value
     return attentive_reader.resolve_config(config)
@@ -43,11 +44,20 @@ def data_dir(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="module")
+def tasks(data_dir):
+    """(config, task) per variant, built once for the module."""
+    out = {}
+    for variant, (cell, bn_everywhere) in VARIANTS.items():
+        config = tiny_config(data_dir, cell=cell, bn_everywhere=bn_everywhere)
+        out[variant] = (config, attentive_reader.build_task(config))
+    return out
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_one_training_step_per_variant(data_dir, variant):
+def test_one_training_step_per_variant(tasks, variant):
     cell, bn_everywhere = VARIANTS[variant]
-    config = tiny_config(data_dir, cell=cell, bn_everywhere=bn_everywhere)
-    task = attentive_reader.build_task(config)
+    config, task = tasks[variant]
     state = train.create_train_state(jax.random.key(0), task.model, task.init_batch,
                                      train.make_optimizer(config))
     assert (state.batch_stats is not None) == (cell == "bnlstm" or bn_everywhere)
@@ -72,10 +82,8 @@ def _variables(task, config):
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_padding_changes_nothing_for_the_real_tokens(data_dir, variant):
-    cell, bn_everywhere = VARIANTS[variant]
-    config = tiny_config(data_dir, cell=cell, bn_everywhere=bn_everywhere)
-    task = attentive_reader.build_task(config)
+def test_padding_changes_nothing_for_the_real_tokens(tasks, variant):
+    config, task = tasks[variant]
     variables = _variables(task, config)
     batch = {k: jnp.asarray(v) for k, v in task.init_batch.items()}
     # Pad the documents by 32 more steps, with junk token ids under a zero mask.
