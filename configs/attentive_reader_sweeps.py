@@ -1,0 +1,61 @@
+"""Sweeps over configs/attentive_reader.py (synthetic corpus), run by experiments/sweep.py.
+
+  fig2       Fig. 2 analogue: LSTM, BN-LSTM, BN-everywhere, LN-LSTM, seeds 0-2 (seed 0 of every
+             variant first).
+  quick      The four variants, one seed, 500 updates: what `make reproduce` runs.
+  gain       LN gain initialization 1.0 vs 0.1 (sec. 6.2), seeds 0-2.
+  lr_search  The CPU profile's learning rate, chosen on the synthetic validation split.
+
+  python -m experiments.sweep --sweep=configs/attentive_reader_sweeps.py:fig2 \
+      --workdir_root=runs/attentive_reader/fig2 --results_dir=results/attentive_reader/fig2
+"""
+
+from ml_collections import config_dict
+
+VARIANTS = {  # name: overrides
+    "lstm": {"cell": "lstm"},
+    "bnlstm": {"cell": "bnlstm"},
+    "bn_everywhere": {"cell": "bnlstm", "bn_everywhere": True},
+    "lnlstm": {"cell": "lnlstm"},
+}
+QUICK_UPDATES, QUICK_EVAL_EVERY = 500, 100
+LR_SEARCH_RATES, LR_SEARCH_UPDATES = (3e-4, 1e-3, 3e-3), 600
+
+
+def _run(name, **overrides):
+    return {"name": name, "overrides": overrides}
+
+
+def fig2_runs(seeds=(0, 1, 2), **extra):
+    return [_run(f"{variant}_seed{seed}", seed=seed, **overrides, **extra)
+            for seed in seeds for variant, overrides in VARIANTS.items()]
+
+
+def gain_runs(seeds=(0, 1, 2)):
+    return [_run(f"lnlstm_gain{gain:g}_seed{seed}", cell="lnlstm", ln_gain_init=gain, seed=seed)
+            for seed in seeds for gain in (1.0, 0.1)]
+
+
+def lr_search_runs():
+    return [_run(f"{variant}_lr{lr:g}", learning_rate=lr, num_updates=LR_SEARCH_UPDATES,
+                 eval_every=LR_SEARCH_UPDATES // 3, **VARIANTS[variant])
+            for lr in LR_SEARCH_RATES for variant in ("lstm", "lnlstm")]
+
+
+SWEEPS = {
+    "fig2": fig2_runs,
+    "quick": lambda: fig2_runs(seeds=(0,), num_updates=QUICK_UPDATES,
+                               eval_every=QUICK_EVAL_EVERY),
+    "gain": gain_runs,
+    "lr_search": lr_search_runs,
+}
+
+
+def get_config(name: str) -> config_dict.ConfigDict:
+    if name not in SWEEPS:
+        raise KeyError(f"unknown sweep {name!r}; choose one of {sorted(SWEEPS)}.")
+    return config_dict.ConfigDict({
+        "driver": "experiments.attentive_reader",
+        "base_config": "configs/attentive_reader.py",
+        "runs": SWEEPS[name](),
+    })

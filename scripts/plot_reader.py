@@ -1,0 +1,113 @@
+"""Fig. 2 analogue and the LN gain ablation, from metrics.jsonl alone, plus the README table.
+
+  python -m scripts.plot_reader --results_dir=results/attentive_reader/fig2 \
+      --out=results/attentive_reader_fig2.png
+  python -m scripts.plot_reader --results_dir=results/attentive_reader/gain --gain \
+      --out=results/attentive_reader_gain.png
+
+Validation error vs training updates, mean over seeds with the min-max spread shaded.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from absl import app, flags
+
+from lnrepro import metrics
+from scripts.plot_curves import mean_and_spread
+
+VARIANTS = {  # (cell, bn_everywhere): (label, color)
+    ("lstm", False): ("LSTM", "tab:gray"),
+    ("bnlstm", False): ("BN-LSTM", "tab:blue"),
+    ("bnlstm", True): ("BN-everywhere", "tab:green"),
+    ("lnlstm", False): ("LN-LSTM", "tab:red"),
+}
+# Cooijmans et al. 2016 curves on CNN top4 (paper-spec.md, sec. 3): minimum validation error and
+# where. The LN-LSTM curve has no numbers in the text ("lower and faster than all three").
+PAPER_BEST = {"LSTM": "50.3% at ~759k", "BN-LSTM": "49.5% at ~228k",
+              "BN-everywhere": "50.0% at ~126k", "LN-LSTM": "below all three (no number)"}
+TARGET_ERROR = 0.30
+
+
+def variant_groups(records):
+    return metrics.group_runs(records, ("cell", "bn_everywhere"))
+
+
+def plot(records, out: str, gain: bool = False) -> str:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if gain:
+        groups = metrics.group_runs(records, ("ln_gain_init",))
+        styles = {(g,): (f"LN-LSTM, gain init {g:g}", c)
+                  for g, c in ((1.0, "tab:red"), (0.1, "tab:orange"))}
+    else:
+        groups, styles = variant_groups(records), VARIANTS
+    for key, (label, color) in styles.items():
+        runs = groups.get(key)
+        if not runs:
+            continue
+        xs, mean, low, high = mean_and_spread(runs, "valid_error", "step")
+        ax.plot(xs, 100 * mean, color=color, label=f"{label} ({len(runs)} seeds)")
+        if len(runs) > 1:
+            ax.fill_between(xs, 100 * low, 100 * high, color=color, alpha=0.2)
+    ax.set_xlabel("training updates")
+    ax.set_ylabel("validation error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Attentive reader, synthetic cloze corpus"
+                 + (": LN gain initialization" if gain else " (cf. Ba et al. 2016, Fig. 2)"))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def first_step_below(run: metrics.RunRecord, target: float) -> int | None:
+    for row in run.rows:
+        if row["valid_error"] <= target:
+            return row["step"]
+    return None
+
+
+def table(records) -> str:
+    lines = ["| variant | seeds | updates | best validation error (%) | final (%) | "
+             f"updates to {100 * TARGET_ERROR:.0f}% | paper (CNN top4, [RBN]/[LN]) |",
+             "|---|---|---|---|---|---|---|"]
+    groups = variant_groups(records)
+    for key, (label, _) in VARIANTS.items():
+        runs = groups.get(key)
+        if not runs:
+            continue
+        best = [min(r["valid_error"] for r in run.rows) for run in runs]
+        final = [run.rows[-1]["valid_error"] for run in runs]
+        reached = [first_step_below(run, TARGET_ERROR) for run in runs]
+        fmt = lambda v: (f"{100 * np.mean(v):.1f}" if len(v) == 1 else
+                         f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1):.1f}")
+        lines.append(f"| {label} | {len(runs)} | {min(len(r.rows) for r in runs) and runs[0].rows[-1]['step']} | "
+                     f"{fmt(best)} | {fmt(final)} | "
+                     f"{', '.join('-' if s is None else str(s) for s in reached)} | "
+                     f"{PAPER_BEST[label]} |")
+    return "\n".join(lines)
+
+
+_RESULTS_DIR = flags.DEFINE_string("results_dir", "results/attentive_reader/fig2", "Records.")
+_OUT = flags.DEFINE_string("out", "results/attentive_reader_fig2.png", "PNG to write.")
+_GAIN = flags.DEFINE_bool("gain", False, "Plot the gain-initialization ablation instead.")
+
+
+def main(argv):
+    del argv
+    records = metrics.load_runs(_RESULTS_DIR.value)
+    print(plot(records, _OUT.value, _GAIN.value))
+    if not _GAIN.value:
+        print(table(records))
+
+
+if __name__ == "__main__":
+    app.run(main)
