@@ -111,10 +111,10 @@ class RunRecord:
 
 
 def load_runs(results_dir: str) -> list[RunRecord]:
-    """Every run directory below results_dir that holds a config.json and metrics.jsonl."""
+    """Every run directory below results_dir holding a config.json and at least one metric line."""
     records = []
     for root, _, files in sorted(os.walk(results_dir)):
-        if CONFIG_FILE in files and METRICS_FILE in files:
+        if CONFIG_FILE in files and METRICS_FILE in files and read_metrics(root):
             records.append(RunRecord(os.path.relpath(root, results_dir), read_config(root),
                                      read_metrics(root)))
     return records

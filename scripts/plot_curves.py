@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
+FLAGS = flags.FLAGS  # flags are defined under __main__, so these modules import cleanly
+
 from lnrepro import metrics
 
 COLORS = {"none": "tab:gray", "batch": "tab:blue", "layer": "tab:red", "weight": "tab:green"}
@@ -66,14 +68,12 @@ def plot_fig6(records: list[metrics.RunRecord], out: str, x: str = "epoch") -> s
     return out
 
 
-_RESULTS_DIR = flags.DEFINE_string("results_dir", "results/pi_mnist/fig6", "Run records.")
-_OUT = flags.DEFINE_string("out", "results/pi_mnist_fig6.png", "PNG to write.")
-
-
 def main(argv):
     del argv
-    print(plot_fig6(metrics.load_runs(_RESULTS_DIR.value), _OUT.value))
+    print(plot_fig6(metrics.load_runs(FLAGS.results_dir), FLAGS.out))
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("results_dir", "results/pi_mnist/fig6", "Run records.")
+    flags.DEFINE_string("out", "results/pi_mnist_fig6.png", "PNG to write.")
     app.run(main)

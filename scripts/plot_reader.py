@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
+FLAGS = flags.FLAGS  # flags are defined under __main__, so these modules import cleanly
+
 from lnrepro import metrics
 from scripts.plot_curves import mean_and_spread
 
@@ -89,25 +91,23 @@ def table(records) -> str:
         reached = [first_step_below(run, TARGET_ERROR) for run in runs]
         fmt = lambda v: (f"{100 * np.mean(v):.1f}" if len(v) == 1 else
                          f"{100 * np.mean(v):.1f} ± {100 * np.std(v, ddof=1):.1f}")
-        lines.append(f"| {label} | {len(runs)} | {min(len(r.rows) for r in runs) and runs[0].rows[-1]['step']} | "
+        lines.append(f"| {label} | {len(runs)} | {min(run.rows[-1]['step'] for run in runs)} | "
                      f"{fmt(best)} | {fmt(final)} | "
                      f"{', '.join('-' if s is None else str(s) for s in reached)} | "
                      f"{PAPER_BEST[label]} |")
     return "\n".join(lines)
 
 
-_RESULTS_DIR = flags.DEFINE_string("results_dir", "results/attentive_reader/fig2", "Records.")
-_OUT = flags.DEFINE_string("out", "results/attentive_reader_fig2.png", "PNG to write.")
-_GAIN = flags.DEFINE_bool("gain", False, "Plot the gain-initialization ablation instead.")
-
-
 def main(argv):
     del argv
-    records = metrics.load_runs(_RESULTS_DIR.value)
-    print(plot(records, _OUT.value, _GAIN.value))
-    if not _GAIN.value:
+    records = metrics.load_runs(FLAGS.results_dir)
+    print(plot(records, FLAGS.out, FLAGS.gain))
+    if not FLAGS.gain:
         print(table(records))
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("results_dir", "results/attentive_reader/fig2", "Records.")
+    flags.DEFINE_string("out", "results/attentive_reader_fig2.png", "PNG to write.")
+    flags.DEFINE_bool("gain", False, "Plot the gain-initialization ablation instead.")
     app.run(main)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from absl import app, flags
 
+FLAGS = flags.FLAGS  # flags are defined under __main__, so these modules import cleanly
+
 from lnrepro import metrics
 
 NLL_TARGET = 0.01
@@ -20,11 +22,11 @@ PAPER = {128: "Fig. 6 (curves only): LN converges faster than BN and the baselin
          4: "Fig. 6 (curves only): LN robust to batch size 4, BN degrades"}
 
 
-def _mean_std(values, scale=1.0, digits=2):
+def _mean_std(values, scale=1.0, digits=2, style="f"):
     values = np.asarray(values, dtype=float) * scale
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+        return f"{values[0]:.{digits}{style}}"
+    return f"{values.mean():.{digits}{style}} ± {values.std(ddof=1):.{digits}{style}}"
 
 
 def first_epoch_below(run: metrics.RunRecord, key: str, target: float) -> int | None:
@@ -49,7 +51,7 @@ def table(records: list[metrics.RunRecord]) -> str:
         lines.append(
             f"| {bs} | {norm} | {len(runs)} | {epochs} | "
             f"{_mean_std([f['test_error'] for f in finals], 100)} | "
-            f"{_mean_std([f['train_nll'] for f in finals], digits=4)} | {reached_text} | "
+            f"{_mean_std([f['train_nll'] for f in finals], digits=1, style='e')} | {reached_text} | "
             f"{minutes:.1f} | {PAPER.get(bs, '')} |")
     return "\n".join(lines)
 
@@ -74,16 +76,14 @@ def learning_rate_table(records: list[metrics.RunRecord]) -> tuple[str, dict]:
     return "\n".join(lines), chosen
 
 
-_RESULTS_DIR = flags.DEFINE_string("results_dir", "results/pi_mnist/fig6", "Run records.")
-_LEARNING_RATES = flags.DEFINE_bool("learning_rates", False, "Tabulate a learning-rate search "
-                                    "(results/pi_mnist/lr_search) instead.")
-
-
 def main(argv):
     del argv
-    records = metrics.load_runs(_RESULTS_DIR.value)
-    print(learning_rate_table(records)[0] if _LEARNING_RATES.value else table(records))
+    records = metrics.load_runs(FLAGS.results_dir)
+    print(learning_rate_table(records)[0] if FLAGS.learning_rates else table(records))
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("results_dir", "results/pi_mnist/fig6", "Run records.")
+    flags.DEFINE_bool("learning_rates", False, "Tabulate a learning-rate search "
+                                        "(results/pi_mnist/lr_search) instead.")
     app.run(main)
