@@ -2,7 +2,7 @@
 
   fig2       Fig. 2 analogue: LSTM, BN-LSTM, BN-everywhere, LN-LSTM, seeds 0-2 (seed 0 of every
              variant first).
-  quick      The four variants, one seed, 500 updates: what `make reproduce` runs.
+  quick      The four variants, one seed, 1000 updates: what `make reproduce` runs.
   gain       LN gain initialization 1.0 vs 0.1 (sec. 6.2), seeds 0-2.
   lr_search  The CPU profile's learning rate, chosen on the synthetic validation split.
 
@@ -18,7 +18,7 @@ VARIANTS = {  # name: overrides
     "bn_everywhere": {"cell": "bnlstm", "bn_everywhere": True},
     "lnlstm": {"cell": "lnlstm"},
 }
-QUICK_UPDATES, QUICK_EVAL_EVERY = 500, 100
+QUICK_UPDATES, QUICK_EVAL_EVERY = 1000, 200
 LR_SEARCH_RATES, LR_SEARCH_UPDATES = (3e-4, 1e-3, 3e-3), 600
 
 

@@ -15,8 +15,8 @@
 
 from ml_collections import config_dict
 
-NORMS = ("none", "batch", "layer")
-QUICK_EPOCHS = 4
+NORMS = ("layer", "batch", "none")  # the order runs go in: LN first
+QUICK_EPOCHS = 3
 BATCH_SIZE_EPOCHS = 3
 LR_SEARCH = {128: ((3e-4, 1e-3, 3e-3), 3), 4: ((3e-5, 1e-4, 3e-4), 1)}  # rates, epochs
 

@@ -4,10 +4,12 @@
       --workdir_root=runs/pi_mnist --results_dir=results/pi_mnist
 
 A sweep file's `get_config(name)` returns {'driver', 'base_config', 'runs': [{'name', 'overrides'}]}.
-A run is finished when `<results_dir>/<name>/metrics.jsonl` exists: the sweep copies a run's
-config.json and metrics.jsonl there only after the driver exits successfully, so those small files
-can be committed while checkpoints stay in the workdir. An interrupted run resumes from its
-workdir's checkpoint the next time the sweep runs.
+The sweep copies each run's config.json and metrics.jsonl to `<results_dir>/<name>/` when the
+driver exits, so those small files can be committed while checkpoints stay in the workdir. A run
+is finished when its record there holds every round it was configured for. An interrupted run
+resumes from its workdir's checkpoint the next time the sweep runs; `--publish_only` copies the
+records of runs in progress (partial, and marked so by their round count) without running
+anything, so they can be committed before a session ends.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ _SWEEP = config_flags.DEFINE_config_file("sweep", None, "Sweep file, e.g. "
 _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", None, "Runs go to <workdir_root>/<name>.")
 _RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Finished runs' config.json and "
                                    "metrics.jsonl are copied to <results_dir>/<name>/.")
+_PUBLISH_ONLY = flags.DEFINE_bool("publish_only", False, "Copy the records of every run with a "
+                                  "workdir (finished or not) to --results_dir; run nothing.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands without running them.")
 flags.mark_flags_as_required(["sweep", "workdir_root", "results_dir"])
 
@@ -44,14 +48,14 @@ def run_command(driver: str, base_config: str, overrides: dict[str, Any], workdi
 
 
 def is_finished(results_dir: str, name: str) -> bool:
-    return os.path.exists(os.path.join(results_dir, name, metrics.METRICS_FILE))
+    record = metrics.load_run(os.path.join(results_dir, name))
+    return record is not None and record.finished
 
 
 def publish(workdir: str, results_dir: str, name: str) -> None:
     """Copies the run's record (not its checkpoints) into results_dir/name."""
     target = os.path.join(results_dir, name)
     os.makedirs(target, exist_ok=True)
-    # metrics.jsonl last: its presence marks the run finished.
     for filename in (metrics.CONFIG_FILE, metrics.METRICS_FILE):
         shutil.copyfile(os.path.join(workdir, filename), os.path.join(target, filename + ".tmp"))
         os.replace(os.path.join(target, filename + ".tmp"), os.path.join(target, filename))
@@ -82,9 +86,24 @@ def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False)
     return ran
 
 
+def publish_all(sweep, workdir_root: str, results_dir: str) -> list[str]:
+    """Copies the record of every run that has written metrics, finished or not."""
+    published = []
+    for run in sweep.runs:
+        workdir = os.path.join(workdir_root, run["name"])
+        if metrics.load_run(workdir) is not None:
+            publish(workdir, results_dir, run["name"])
+            published.append(run["name"])
+    return published
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
+    if _PUBLISH_ONLY.value:
+        logging.info("published: %s", publish_all(_SWEEP.value, _WORKDIR_ROOT.value,
+                                                  _RESULTS_DIR.value))
+        return
     run_sweep(_SWEEP.value, _WORKDIR_ROOT.value, _RESULTS_DIR.value, _DRY_RUN.value)
 
 

@@ -104,19 +104,39 @@ class RunRecord:
     config: dict[str, Any]
     rows: list[dict[str, Any]]
 
+    @property
+    def finished(self) -> bool:
+        """Every round the run was configured for is recorded."""
+        if not self.rows:
+            return False
+        last = self.rows[-1]
+        # Records written before rows carried num_rounds: derive it from the config.
+        total = last.get("num_rounds") or self.config.get("num_epochs") or (
+            self.config["num_updates"] // self.config["eval_every"])
+        return last["round"] + 1 == total
+
     def series(self, key: str, x: str = "round") -> tuple[list[float], list[float]]:
         """(x values, key values) over the rows that have `key`."""
         rows = [r for r in self.rows if r.get(key) is not None]
         return [r[x] for r in rows], [r[key] for r in rows]
 
 
+def load_run(run_dir: str, name: str | None = None) -> RunRecord | None:
+    """The record in run_dir, or None if it has no config.json or no metric line yet."""
+    if not os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
+        return None
+    rows = read_metrics(run_dir)
+    return RunRecord(name or run_dir, read_config(run_dir), rows) if rows else None
+
+
 def load_runs(results_dir: str) -> list[RunRecord]:
     """Every run directory below results_dir holding a config.json and at least one metric line."""
     records = []
     for root, _, files in sorted(os.walk(results_dir)):
-        if CONFIG_FILE in files and METRICS_FILE in files and read_metrics(root):
-            records.append(RunRecord(os.path.relpath(root, results_dir), read_config(root),
-                                     read_metrics(root)))
+        if METRICS_FILE in files:
+            record = load_run(root, os.path.relpath(root, results_dir))
+            if record is not None:
+                records.append(record)
     return records
 
 

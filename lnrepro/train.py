@@ -225,7 +225,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         _check_finite(step_metrics, round_index, workdir)
 
         steps_done = int(state.step)
-        row = {"round": round_index, task.round_name: round_index + 1, "step": steps_done,
+        row = {"round": round_index, "num_rounds": task.num_rounds,
+               task.round_name: round_index + 1, "step": steps_done,
                "examples_seen": steps_done * task.examples_per_step,
                "train_loss_running": float(np.mean(step_metrics["loss"])),
                "grad_norm_max": float(np.max(step_metrics["grad_norm"]))}

@@ -1,0 +1,65 @@
+"""The sweep runner: command lines, finished-run detection, publishing records."""
+
+import json
+import os
+import sys
+
+from ml_collections import config_dict
+
+from configs import attentive_reader_sweeps, pi_mnist_sweeps
+from experiments import sweep
+from lnrepro import metrics
+
+
+def _write_run(directory, num_rounds, rounds_done, config=None):
+    os.makedirs(directory, exist_ok=True)
+    metrics.write_config(str(directory), config or {"num_epochs": num_rounds})
+    for r in range(rounds_done):
+        metrics.append_metrics(str(directory), {"round": r, "num_rounds": num_rounds})
+
+
+def test_run_command_passes_overrides_as_config_flags():
+    command = sweep.run_command("experiments.pi_mnist", "configs/pi_mnist.py",
+                                {"norm": "layer", "batch_size": 4, "hidden_sizes": (32, 32)},
+                                "runs/x")
+    assert command[:3] == [sys.executable, "-m", "experiments.pi_mnist"]
+    assert command[3:] == ["--config=configs/pi_mnist.py", "--workdir=runs/x",
+                           "--config.norm=layer", "--config.batch_size=4",
+                           "--config.hidden_sizes=(32,32)"]
+
+
+def test_only_complete_records_count_as_finished(tmp_path):
+    _write_run(tmp_path / "done", 3, 3)
+    _write_run(tmp_path / "partial", 3, 2)
+    assert sweep.is_finished(str(tmp_path), "done")
+    assert not sweep.is_finished(str(tmp_path), "partial")
+    assert not sweep.is_finished(str(tmp_path), "missing")
+
+
+def test_sweep_skips_finished_runs_and_publish_only_copies_partial_ones(tmp_path):
+    runs = [{"name": "a", "overrides": {}}, {"name": "b", "overrides": {}}]
+    plan = config_dict.ConfigDict({"driver": "nonexistent.module", "base_config": "x.py",
+                                   "runs": runs})
+    workdirs, results = tmp_path / "runs", tmp_path / "results"
+    _write_run(results / "a", 2, 2)
+    _write_run(results / "b", 2, 2)
+    assert sweep.run_sweep(plan, str(workdirs), str(results)) == []  # nothing left to run
+    _write_run(workdirs / "c", 5, 1)
+    plan.runs = runs + [{"name": "c", "overrides": {}}]
+    assert sweep.publish_all(plan, str(workdirs), str(results)) == ["c"]
+    record = metrics.load_run(str(results / "c"))
+    assert record is not None and not record.finished and len(record.rows) == 1
+
+
+def test_sweep_files_list_unique_runs_in_priority_order():
+    fig6 = pi_mnist_sweeps.get_config("fig6").runs
+    names = [r["name"] for r in fig6]
+    assert len(names) == len(set(names)) == 18
+    assert names[:6] == ["layer_bs128_seed0", "batch_bs128_seed0", "none_bs128_seed0",
+                         "layer_bs4_seed0", "batch_bs4_seed0", "none_bs4_seed0"]
+    sizes = pi_mnist_sweeps.get_config("batch_sizes").runs
+    assert not any(r["overrides"]["norm"] == "batch" and r["overrides"]["batch_size"] == 1
+                   for r in sizes)
+    fig2 = attentive_reader_sweeps.get_config("fig2").runs
+    assert [r["name"] for r in fig2[:4]] == ["lstm_seed0", "bnlstm_seed0", "bn_everywhere_seed0",
+                                            "lnlstm_seed0"]
