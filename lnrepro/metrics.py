@@ -162,7 +162,7 @@ class Progress:
         elapsed = time.time() - self.start
         eta = elapsed / max(done, 1) * (self.total_rounds - round_index - 1)
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in row.items() if k not in ("round",))
+                         for k, v in row.items() if k not in ("round", "num_rounds"))
         return f"[{round_index + 1}/{self.total_rounds}] {shown} eta={_duration(eta)}"
 
     def log(self, round_index: int, row: dict[str, Any]) -> None:
