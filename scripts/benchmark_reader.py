@@ -6,15 +6,17 @@ Variants (Ba et al. 2016, sec. 6.2, Fig. 2): lstm, bnlstm, bnlstm+bn_everywhere,
     paper   the paper's size (features 240, batch 64; `configs/attentive_reader.py:paper`),
             documents of 200 tokens, queries of 32, vocabulary 5000
 A training update is what the reader's trainer runs per batch: `train.make_run_chunk` on a
-`train.Task` (Adam, global-norm clipping at 10, dropout 0.5, the state donated) fed a chunk of one
-step through `train.shard_chunk`. Batches are random tokens with random lengths (between half and
-all of the padded length; the masks mark the rest as padding), one fixed shape per size so each
-variant compiles once; compiles are excluded (one warm-up update each). A repetition times
-`--updates` updates per variant, results blocked; ms/update is the median over `--repeats`
-repetitions, the variants interleaved round-robin so that machine noise hits them alike;
-ratio = ms / the plain LSTM's ms in the same run.
+`train.Task` (the optimizer and dropout rate of that config: Adam, global-norm clipping at 10;
+the state donated) fed a chunk of one step through `train.shard_chunk`. Batches are random
+tokens with random lengths (between half and all of the padded length; the masks mark the rest as
+padding), one fixed shape per size so each variant compiles once; compiles are excluded (one
+warm-up update each). A repetition times a few updates per variant (3 at cpu, 1 at paper;
+`--updates`), results blocked; ms/update is the median over `--repeats` repetitions, the variants
+interleaved round-robin so that machine noise hits them alike; ratio = ms / the plain LSTM's ms
+in the same run.
 
-  PYTHONPATH=. .venv/bin/python -m scripts.benchmark_reader [--repeats N] [--quick]
+  PYTHONPATH=. .venv/bin/python -m scripts.benchmark_reader [--repeats N] [--updates N]
+      [--sizes cpu,paper] [--quick]
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ VARIANTS = {
     "lnlstm": ("lnlstm", False),
 }
 SIZES = {
-    "cpu": dict(config_arg=None, features=64, batch=32, document=96, query=16, vocab=200),
+    "cpu": dict(config_arg=None, features=64, batch=32, document=96, query=16, vocab=200,
+                updates=3),
     "paper": dict(config_arg="paper", features=240, batch=64, document=200, query=32,
-                  vocab=5000),
+                  vocab=5000, updates=1),
 }
 QUICK_SIZES = {
-    "quick": dict(config_arg=None, features=8, batch=4, document=12, query=4, vocab=30),
+    "quick": dict(config_arg=None, features=8, batch=4, document=12, query=4, vocab=30,
+                  updates=2),
 }
 NUM_BATCHES = 4  # distinct random batches, cycled
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -159,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed repetitions per variant (default 7; 3 with --quick)")
     parser.add_argument("--updates", type=int, default=None,
-                        help="updates per repetition (default 3; 2 with --quick)")
+                        help="updates per repetition (default: 3 at cpu, 1 at paper, 2 with "
+                             "--quick)")
     parser.add_argument("--sizes", default=None,
                         help=f"comma-separated subset of {','.join(SIZES)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="a tiny reader: a smoke test")
@@ -167,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         _fast_compile()
     repeats = args.repeats or (3 if args.quick else 7)
-    updates = args.updates or (2 if args.quick else 3)
     if args.quick:
         sizes = QUICK_SIZES
     else:
@@ -179,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
 
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} devices), "
-          f"{os.cpu_count()} cpus, load average {load}; {repeats} repeats of {updates} updates, "
+          f"{os.cpu_count()} cpus, load average {load}; {repeats} repeats, "
           f"medians{' (QUICK: tiny reader)' if args.quick else ''}\n")
     print("## Attentive reader, time per training update (ms; ratio to the plain LSTM)\n")
     for name, size in sizes.items():
+        updates = args.updates or size["updates"]
         rows = benchmark(name, size, repeats, updates)
-        print(f"### {name}: {describe(size)}\n")
+        print(f"### {name}: {describe(size)}; {updates} update(s) per repetition\n")
         print("| size | variant | ms/update | ratio to lstm |\n|---|---|---|---|")
         for r in rows:
             print(f"| {r['size']} | {r['variant']} | {r['ms']:.2f} | {r['ratio']:.2f}x |")

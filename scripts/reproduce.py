@@ -17,13 +17,23 @@ import sys
 from absl import app, flags
 
 from lnrepro import metrics
-from scripts import plot_curves, results_table
+from scripts import plot_curves, plot_reader, results_table
 
 PROFILES = {
     # profile: (pi_mnist sweep, workdir root, records dir, figure/table dir)
     "quick": ("quick", "runs/quick/workdirs/pi_mnist", "runs/quick/records/pi_mnist",
               "runs/quick"),
     "full": ("fig6", "runs/pi_mnist/fig6", "results/pi_mnist/fig6", "results"),
+}
+
+READER_PROFILES = {
+    # profile: [(sweep, workdir root, records dir, figure)], figures/tables beside PROFILES' out_dir
+    "quick": [("quick", "runs/quick/workdirs/attentive_reader", "runs/quick/records/attentive_reader",
+               "attentive_reader_fig2.png")],
+    "full": [("fig2", "runs/attentive_reader/fig2", "results/attentive_reader/fig2",
+              "attentive_reader_fig2.png"),
+             ("gain", "runs/attentive_reader/gain", "results/attentive_reader/gain",
+              "attentive_reader_gain.png")],
 }
 
 _PROFILE = flags.DEFINE_enum("profile", "quick", sorted(PROFILES), "Which reproduction to run.")
@@ -46,9 +56,26 @@ def reproduce_pi_mnist(profile: str) -> str:
     return f"Permutation-invariant MNIST ({profile}): {figure}\n\n{text}\n"
 
 
+def reproduce_reader(profile: str) -> str:
+    out_dir = PROFILES[profile][3]
+    report = []
+    for sweep, workdir_root, records_dir, figure in READER_PROFILES[profile]:
+        run_sweep(f"configs/attentive_reader_sweeps.py:{sweep}", workdir_root, records_dir)
+        records = metrics.load_runs(records_dir)
+        path = plot_reader.plot(records, os.path.join(out_dir, figure), gain=sweep == "gain")
+        report.append(f"Attentive reader, {sweep} ({profile}): {path}")
+        if sweep != "gain":
+            text = plot_reader.table(records)
+            with open(os.path.join(out_dir, "attentive_reader_table.md"), "w") as f:
+                f.write(text + "\n")
+            report.append(text)
+    return "\n\n".join(report) + "\n"
+
+
 def main(argv):
     del argv
     print(reproduce_pi_mnist(_PROFILE.value))
+    print(reproduce_reader(_PROFILE.value))
 
 
 if __name__ == "__main__":

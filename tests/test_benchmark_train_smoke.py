@@ -1,0 +1,54 @@
+"""Smoke tests of scripts/benchmark_train.py and scripts/benchmark_reader.py: --quick runs end to
+end in-process and prints every table row with positive numbers."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from scripts import benchmark_reader, benchmark_train
+
+NUMBER = r"(\d+\.\d+)"
+# Generous: the quick runs are dominated by XLA compiles, which the background load slows down.
+QUICK_SECONDS = 45
+
+
+def test_benchmark_train_quick(capsys):
+    start = time.perf_counter()
+    assert benchmark_train.main(["--quick", "--repeats", "2"]) == 0
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    assert elapsed < QUICK_SECONDS, f"benchmark_train --quick took {elapsed:.1f} s"
+
+    assert ("| batch | norm | steps/call (ours) | baseline examples/s | ours examples/s | "
+            "ratio ours/baseline | baseline ms/step | ours ms/step |") in out
+    for batch in benchmark_train.BATCH_SIZES:
+        steps_per_call = benchmark_train.make_config("none", batch, 0, (8,)).steps_per_call
+        assert steps_per_call > 1
+        for norm in benchmark_train.NORMS:
+            row = re.search(rf"^\| {batch} \| {norm} \| {steps_per_call} \| {NUMBER} \| {NUMBER} "
+                            rf"\| {NUMBER}x \| {NUMBER} \| {NUMBER} \|$", out, re.MULTILINE)
+            assert row, (batch, norm, out)
+            baseline, ours, ratio, _, _ = (float(v) for v in row.groups())
+            assert baseline > 0 and ours > 0 and ratio > 0
+            assert abs(ratio - ours / baseline) < 0.01 + 0.01 * ratio
+    assert re.search(r"batch 4: ours >= 1.5x baseline \(every norm\): worst \d+\.\d+x -> "
+                     r"(MET|NOT MET)$", out, re.MULTILINE), out
+
+
+def test_benchmark_reader_quick(capsys):
+    start = time.perf_counter()
+    assert benchmark_reader.main(["--quick", "--repeats", "2"]) == 0
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    assert elapsed < QUICK_SECONDS, f"benchmark_reader --quick took {elapsed:.1f} s"
+
+    assert "| size | variant | ms/update | ratio to lstm |" in out
+    for variant in benchmark_reader.VARIANTS:
+        row = re.search(rf"^\| quick \| {re.escape(variant)} \| {NUMBER} \| {NUMBER}x \|$", out,
+                        re.MULTILINE)
+        assert row, (variant, out)
+        ms, ratio = (float(v) for v in row.groups())
+        assert ms > 0 and ratio > 0
+        if variant == "lstm":
+            assert ratio == 1.0  # the baseline's ratio to itself
