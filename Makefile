@@ -43,6 +43,7 @@ reproduce-full: setup data
 benchmark: setup
 	$(PY) -m scripts.benchmark_ops
 	$(PY) -m scripts.benchmark_train
+	$(PY) -m scripts.benchmark_reader
 
 clean:
 	rm -rf runs
