@@ -9,7 +9,9 @@ One run (about 4 minutes at batch 128 and 25 at batch 4 on 2 CPU cores for 60 ep
 Settings the paper states cite it; the rest are our choices, marked as such.
 """
 
+import ast
 import os
+import re
 
 from ml_collections import config_dict
 
@@ -54,9 +56,24 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.distributed = False
 
     if arg:
-        for item in arg.split(","):
-            key, value = item.split("=", 1)
+        for key, value in parse_overrides(arg).items():
             if key not in c:
                 raise KeyError(f"unknown config key {key!r} in {arg!r}; keys: {sorted(c)}")
-            c[key] = type(c[key])(value) if c[key] is not None else value
+            c[key] = value  # ConfigDict checks the type (an int where a float goes is fine)
     return c
+
+
+def parse_overrides(arg: str) -> dict:
+    """'norm=batch,batch_size=4,hidden_sizes=(32,32)' -> {'norm': 'batch', 'batch_size': 4, ...}.
+
+    Values are Python literals (4, 1e-3, False, (32, 32), None); anything else is a string."""
+    overrides = {}
+    for item in re.split(r",(?=\s*\w+\s*=)", arg):  # commas before the next `key=`
+        if "=" not in item:
+            raise ValueError(f"config argument {item!r} in {arg!r} is not key=value.")
+        key, value = (part.strip() for part in item.split("=", 1))
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return overrides

@@ -15,6 +15,7 @@ anything, so they can be committed before a session ends.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,8 @@ _RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Finished runs' config.j
 _PUBLISH_ONLY = flags.DEFINE_bool("publish_only", False, "Copy the records of every run with a "
                                   "workdir (finished or not) to --results_dir; run nothing.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands without running them.")
+_ONLY = flags.DEFINE_string("only", None, "Run only the runs whose name matches this regular "
+                            "expression (re.search), e.g. 'bs128' or 'seed0$'.")
 flags.mark_flags_as_required(["sweep", "workdir_root", "results_dir"])
 
 
@@ -61,10 +64,22 @@ def publish(workdir: str, results_dir: str, name: str) -> None:
         os.replace(os.path.join(target, filename + ".tmp"), os.path.join(target, filename))
 
 
-def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False) -> list[str]:
-    """Runs every unfinished run in order; returns the names of the runs it ran."""
+def select_runs(runs, only: str | None) -> list:
+    """The runs whose name matches the regular expression `only` (all of them when None)."""
+    if only is None:
+        return list(runs)
+    selected = [run for run in runs if re.search(only, run["name"])]
+    if not selected:
+        raise ValueError(f"--only={only!r} matches none of the sweep's runs: "
+                         f"{[run['name'] for run in runs]}.")
+    return selected
+
+
+def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False,
+              only: str | None = None) -> list[str]:
+    """Runs every unfinished run (matching `only`) in order; returns the names of those it ran."""
     ran = []
-    runs = list(sweep.runs)
+    runs = select_runs(sweep.runs, only)
     for index, run in enumerate(runs):
         name = run["name"]
         if is_finished(results_dir, name):
@@ -104,7 +119,8 @@ def main(argv):
         logging.info("published: %s", publish_all(_SWEEP.value, _WORKDIR_ROOT.value,
                                                   _RESULTS_DIR.value))
         return
-    run_sweep(_SWEEP.value, _WORKDIR_ROOT.value, _RESULTS_DIR.value, _DRY_RUN.value)
+    run_sweep(_SWEEP.value, _WORKDIR_ROOT.value, _RESULTS_DIR.value, _DRY_RUN.value,
+              _ONLY.value)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ class NormedDense(nn.Module):
     kernel_init: Initializer = nn.initializers.lecun_normal()
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, use_running_average: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, use_running_average: bool = False,
+                 mask: jax.Array | None = None) -> jax.Array:
+        """mask [B]: 1 for real examples, 0 for padding, kept out of BN's batch statistics."""
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}.")
         if self.norm == "weight":
@@ -121,5 +123,5 @@ class NormedDense(nn.Module):
             return LayerNorm()(a)
         if self.norm == "batch":
             return BatchNorm(unbiased=self.unbiased_batch_variance)(
-                a, use_running_average=use_running_average)
+                a, use_running_average=use_running_average, mask=mask)
         return a

@@ -83,7 +83,7 @@ def truncate_metrics(workdir: str, last_round: int) -> None:
 def append_metrics(workdir: str, row: dict[str, Any]) -> None:
     for key, value in row.items():
         if isinstance(value, float) and not math.isfinite(value):
-            row[key] = None if math.isnan(value) else value
+            row[key] = None  # JSON has no NaN or Infinity; plots skip missing values
     with open(os.path.join(workdir, METRICS_FILE), "a") as f:
         f.write(json.dumps(row, default=_json_default) + "\n")
         f.flush()

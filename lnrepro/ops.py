@@ -197,7 +197,8 @@ def batch_statistics(x: Array, *, axis: Axes = 0, unbiased: bool = False,
         count = float(math.prod(x.shape[a] for a in axes))
         mean = jnp.mean(xf, axis=axes)
         sq_dev = jnp.square(xf - jnp.expand_dims(mean, axes))
-        var = jnp.sum(sq_dev, axis=axes) / (count - 1.0 if unbiased else count)
+        # One example has no variance; clip as the masked path does so the result stays finite.
+        var = jnp.sum(sq_dev, axis=axes) / (max(count - 1.0, 1.0) if unbiased else count)
         return BatchStats(mean, var)
     m = _expand_mask(mask, x.shape, axes)
     count = jnp.sum(m, axis=axes)

@@ -80,6 +80,10 @@ class _Cell(nn.Module):
         zeros = jnp.zeros(input_shape[:-1] + (self.features,), jnp.float32)
         return (zeros, zeros) if self.carry_parts == 2 else zeros
 
+    def learnable_initial_carry(self) -> tuple[bool, ...]:
+        """Which parts of the carry ((c, h) or h) a runner may learn as an initial state."""
+        return (True,) * self.carry_parts
+
     def population_statistics(self, num_steps: int) -> Any:
         """Per-step population statistics for `num_steps` steps ([T, F] each), or None."""
         del num_steps
@@ -254,6 +258,14 @@ class BNLSTMCell(_Cell):
                                  (self.max_steps, width), jnp.float32))
             for name, width in widths.items()}
 
+    def learnable_initial_carry(self) -> tuple[bool, ...]:
+        """c0 only; h0 stays zero. A learned h0 is the same for every example, so W_h h0 has no
+        variance over the batch and its batch norm at step 0 is exactly 0 in training: h0 would
+        get no gradient but round-off, which Adam turns into a random walk, while at evaluation
+        the step-0 population statistics (mean lagging that walk, variance ~0) would amplify the
+        drift by 1/sqrt(eps). With h0 = 0 the step-0 hidden term is 0 in both modes."""
+        return (True, False)
+
     def population_statistics(self, num_steps: int) -> dict[str, ops.BatchStats]:
         # Steps past max_steps reuse the last step's statistics (Cooijmans et al. 2016, sec. 4).
         index = jnp.minimum(jnp.arange(num_steps), self.max_steps - 1)
@@ -339,7 +351,9 @@ class SequenceRunner(nn.Module):
     Returns (final carry, outputs [B, T, H]); outputs on padded steps repeat the last real h.
     """
     cell: _Cell
-    learn_initial_carry: bool = False  # the attentive reader learns h0 (ryankiros/layer-norm)
+    # The attentive reader learns the initial state (ryankiros/layer-norm: learned h0; we learn c0
+    # too). BN cells learn c0 only (see BNLSTMCell.learnable_initial_carry).
+    learn_initial_carry: bool = False
 
     @nn.compact
     def __call__(self, xs: Array, mask: Array | None = None, *, train: bool = False,
@@ -378,8 +392,9 @@ class SequenceRunner(nn.Module):
             return carry
         leaves, treedef = jax.tree.flatten(carry)
         learned = [jnp.broadcast_to(self.param(f"initial_carry_{i}", nn.initializers.zeros,
-                                               leaf.shape[-1:]), leaf.shape)
-                   for i, leaf in enumerate(leaves)]
+                                               leaf.shape[-1:]), leaf.shape) if learn else leaf
+                   for i, (leaf, learn) in enumerate(zip(leaves,
+                                                         self.cell.learnable_initial_carry()))]
         return jax.tree.unflatten(treedef, learned)
 
 

@@ -191,8 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     Returns the metric rows of the whole run (including rounds done before a resume).
     """
+    task = build_task(config)  # first: a run that cannot start (no data) leaves no record
     metrics.write_config(workdir, config.to_dict(), ignore=("data_dir",))
-    task = build_task(config)
     mesh = make_mesh()
     if task.examples_per_step % mesh.size:
         raise ValueError(f"batch size {task.examples_per_step} must be divisible by the "

@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 
 from lnrepro import metrics
-from scripts import plot_curves, plot_reader, results_table
+from scripts import plot_ablation, plot_curves, plot_reader, results_table
 
 PROFILES = {
     # profile: (pi_mnist sweep, workdir root, records dir, figure/table dir)
@@ -56,6 +56,15 @@ def reproduce_pi_mnist(profile: str) -> str:
     return f"Permutation-invariant MNIST ({profile}): {figure}\n\n{text}\n"
 
 
+def reproduce_batch_size_ablation() -> str:
+    """The wide batch-size sweep (full profile only: ~1.5 h a seed on 2 cores)."""
+    records_dir = "results/pi_mnist/batch_sizes"
+    run_sweep("configs/pi_mnist_sweeps.py:batch_sizes", "runs/pi_mnist/batch_sizes", records_dir)
+    records = metrics.load_runs(records_dir)
+    figure = plot_ablation.plot(records, "results/pi_mnist_batch_sizes.png")
+    return f"Batch-size ablation: {figure}\n\n{plot_ablation.table(records)}\n"
+
+
 def reproduce_reader(profile: str) -> str:
     out_dir = PROFILES[profile][3]
     report = []
@@ -76,6 +85,8 @@ def main(argv):
     del argv
     print(reproduce_pi_mnist(_PROFILE.value))
     print(reproduce_reader(_PROFILE.value))
+    if _PROFILE.value == "full":
+        print(reproduce_batch_size_ablation())
 
 
 if __name__ == "__main__":

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import re
-import time
 
 from scripts import benchmark_ops
 
 
 def test_benchmark_quick(capsys):
-    start = time.perf_counter()
     assert benchmark_ops.main(["--quick", "--repeats", "3"]) == 0
-    elapsed = time.perf_counter() - start
     out = capsys.readouterr().out
-    assert elapsed < 20, f"--quick took {elapsed:.1f} s"
 
     assert "| shape | mode | ours ms (x copy) | flax ms (x copy) | textbook ms (x copy) | " \
            "copy ms (x copy) |" in out

@@ -4,21 +4,15 @@ end in-process and prints every table row with positive numbers."""
 from __future__ import annotations
 
 import re
-import time
 
 from scripts import benchmark_reader, benchmark_train
 
 NUMBER = r"(\d+\.\d+)"
-# Generous: the quick runs are dominated by XLA compiles, which the background load slows down.
-QUICK_SECONDS = 45
 
 
 def test_benchmark_train_quick(capsys):
-    start = time.perf_counter()
     assert benchmark_train.main(["--quick", "--repeats", "2"]) == 0
-    elapsed = time.perf_counter() - start
     out = capsys.readouterr().out
-    assert elapsed < QUICK_SECONDS, f"benchmark_train --quick took {elapsed:.1f} s"
 
     assert ("| batch | norm | steps/call (ours) | baseline examples/s | ours examples/s | "
             "ratio ours/baseline | baseline ms/step | ours ms/step |") in out
@@ -37,11 +31,8 @@ def test_benchmark_train_quick(capsys):
 
 
 def test_benchmark_reader_quick(capsys):
-    start = time.perf_counter()
     assert benchmark_reader.main(["--quick", "--repeats", "2"]) == 0
-    elapsed = time.perf_counter() - start
     out = capsys.readouterr().out
-    assert elapsed < QUICK_SECONDS, f"benchmark_reader --quick took {elapsed:.1f} s"
 
     assert "| size | variant | ms/update | ratio to lstm |" in out
     for variant in benchmark_reader.VARIANTS:

@@ -338,6 +338,29 @@ def test_learned_initial_carry(name):
         assert np.abs(np.asarray(grads[n])).sum() > 1e-4
 
 
+def test_bnlstm_learns_c0_only_and_matches_eval_when_population_is_this_batch():
+    """A learned h0 would be constant over the batch, so BN(W_h h0) would be 0/0 at step 0 and
+    drift at evaluation; BN-LSTM learns c0 alone. With momentum 0, one training pass makes the
+    population statistics this batch's, so evaluation on the same batch must give the same
+    outputs at every step, step 0 included."""
+    runner = rnn.SequenceRunner(_make("bnlstm", momentum=0.0), learn_initial_carry=True)
+    xs, mask = _inputs(8, b=4), _mask([5, 3, 5, 4], T)
+    variables = runner.init(jax.random.key(0), xs, mask, train=True)
+    assert "initial_carry_0" in variables["params"]  # c0
+    assert "initial_carry_1" not in variables["params"]  # h0 stays zero
+    params = _randomize(variables["params"], seed=4)
+    variables = {**variables, "params": params}
+    grads = jax.grad(lambda p: jnp.sum(runner.apply(
+        {**variables, "params": p}, xs, mask, train=True, mutable=["batch_stats"])[0][1]))(params)
+    assert np.abs(np.asarray(grads["initial_carry_0"])).sum() > 1e-3
+    (_, hs_train), updates = runner.apply(variables, xs, mask, train=True,
+                                          mutable=["batch_stats"])
+    _, hs_eval = runner.apply({**variables, **updates}, xs, mask, train=False)
+    real = np.asarray(mask, bool)
+    np.testing.assert_allclose(np.asarray(hs_eval)[real], np.asarray(hs_train)[real],
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_make_cell_unknown_name():
     msg = "unknown cell 'rnn'; choose one of ['bnlstm', 'gru', 'lngru', 'lnlstm', 'lstm']."
     with pytest.raises(ValueError, match=re.escape(msg)):

@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+import pytest
+
 from ml_collections import config_dict
 
 from configs import attentive_reader_sweeps, pi_mnist_sweeps
@@ -57,9 +59,21 @@ def test_sweep_files_list_unique_runs_in_priority_order():
     assert len(names) == len(set(names)) == 18
     assert names[:6] == ["layer_bs128_seed0", "batch_bs128_seed0", "none_bs128_seed0",
                          "layer_bs4_seed0", "batch_bs4_seed0", "none_bs4_seed0"]
+    assert all("bs128" in name for name in names[6:12])  # cheap seeds before batch 4's
+    assert all("bs4" in name for name in names[12:])
     sizes = pi_mnist_sweeps.get_config("batch_sizes").runs
     assert not any(r["overrides"]["norm"] == "batch" and r["overrides"]["batch_size"] == 1
                    for r in sizes)
     fig2 = attentive_reader_sweeps.get_config("fig2").runs
     assert [r["name"] for r in fig2[:4]] == ["lstm_seed0", "bnlstm_seed0", "bn_everywhere_seed0",
                                             "lnlstm_seed0"]
+
+
+def test_only_selects_runs_by_name_and_rejects_a_pattern_that_matches_nothing():
+    runs = pi_mnist_sweeps.get_config("fig6").runs
+    selected = sweep.select_runs(runs, "bs128_seed2$")
+    assert [r["name"] for r in selected] == ["layer_bs128_seed2", "batch_bs128_seed2",
+                                             "none_bs128_seed2"]
+    assert len(sweep.select_runs(runs, None)) == 18
+    with pytest.raises(ValueError, match="matches none of the sweep's runs"):
+        sweep.select_runs(runs, "bs512")

@@ -189,6 +189,21 @@ def test_batch_norm_needs_two_examples():
         pi_mnist.resolve_config(config)
 
 
+def test_config_argument_overrides_are_parsed_as_literals():
+    config = pi_mnist_config.get_config(
+        "norm=batch, batch_size=4,hidden_sizes=(32, 16),distributed=False,learning_rate=1e-3")
+    assert config.norm == "batch" and config.batch_size == 4
+    assert tuple(config.hidden_sizes) == (32, 16)
+    assert config.distributed is False  # not bool("False")
+    assert config.learning_rate == 1e-3  # a placeholder field takes a float
+    with pytest.raises(KeyError, match="unknown config key 'nrom'"):
+        pi_mnist_config.get_config("nrom=layer")
+    with pytest.raises(TypeError):
+        pi_mnist_config.get_config("batch_size=large")
+    with pytest.raises(ValueError, match="is not key=value"):
+        pi_mnist_config.get_config("layer")
+
+
 def test_paper_defaults_are_filled_in():
     bs4 = pi_mnist.resolve_config(pi_mnist_config.get_config("norm=batch,batch_size=4"))
     assert bs4.bn_unbiased_variance and bs4.normalize_logits  # sec. 6.6

@@ -42,16 +42,19 @@ class MLP(nn.Module):
         use_running_average = not train and self.bn_eval_statistics == "population"
         act = ACTIVATIONS[self.activation]
         x = batch["image"]
+        # Evaluation batches pad their last batch and mark it with weight 0: with
+        # bn_eval_statistics="batch" that padding must not enter BN's statistics.
+        mask = batch.get("weight")
         # He initialization for the ReLU layers (our choice; the paper does not say).
         hidden_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
         for width in self.hidden_sizes:
             x = layers.NormedDense(width, self.norm, self.unbiased_batch_variance,
                                    kernel_init=hidden_init)(
-                x, use_running_average=use_running_average)
+                x, use_running_average=use_running_average, mask=mask)
             x = act(x)
         logit_norm = self.norm if self.normalize_logits else "none"
         return layers.NormedDense(self.num_classes, logit_norm, self.unbiased_batch_variance)(
-            x, use_running_average=use_running_average)
+            x, use_running_average=use_running_average, mask=mask)
 
 
 def default_normalize_logits(norm: str) -> bool:

@@ -1,0 +1,85 @@
+"""The plot and table scripts, on records written by the real metrics writer.
+
+The records are made up (known numbers), so the tables can be checked exactly; the figures are
+checked to be written as PNGs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lnrepro import metrics
+from scripts import plot_ablation, plot_curves, plot_reader, results_table
+
+
+def _write_mnist_run(root, name, norm, batch_size, seed, test_errors, num_epochs=None):
+    workdir = os.path.join(root, name)
+    num_epochs = num_epochs or len(test_errors)
+    metrics.write_config(workdir, {"norm": norm, "batch_size": batch_size, "seed": seed,
+                                   "num_epochs": num_epochs})
+    for epoch, error in enumerate(test_errors):
+        metrics.append_metrics(workdir, {
+            "round": epoch, "num_rounds": num_epochs, "epoch": epoch + 1,
+            "train_nll": 0.1 / (epoch + 1) ** 3, "test_error": error, "round_seconds": 30.0})
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fig6_table_and_plot(tmp_path):
+    root = str(tmp_path / "fig6")
+    _write_mnist_run(root, "layer_bs4_seed0", "layer", 4, 0, [0.03, 0.02, 0.010])
+    _write_mnist_run(root, "layer_bs4_seed1", "layer", 4, 1, [0.03, 0.02, 0.012])
+    _write_mnist_run(root, "batch_bs4_seed0", "batch", 4, 0, [0.05, 0.04, 0.03])
+    records = metrics.load_runs(root)
+
+    text = results_table.table(records)
+    # LN: mean 1.10 and sample std 0.14 of 1.0 and 1.2 (%); NLL 0.1/27 at epoch 3, the first below 0.01; 3 epochs of 30 s.
+    assert "| 4 | layer | 2 | 3 | 1.10 ± 0.14 | 3.7e-03 ± 0.0e+00 | 3, 3 | 1.5 |" in text
+    assert "| 4 | batch | 1 | 3 | 3.00 | 3.7e-03 | 3 | 1.5 |" in text
+    out = plot_curves.plot_fig6(records, str(tmp_path / "fig6.png"))
+    assert _is_png(out)
+
+
+def test_ablation_uses_finished_runs_only(tmp_path):
+    root = str(tmp_path / "sizes")
+    _write_mnist_run(root, "layer_bs4_seed0", "layer", 4, 0, [0.03, 0.02])
+    _write_mnist_run(root, "layer_bs4_seed1", "layer", 4, 1, [0.03, 0.04])
+    _write_mnist_run(root, "layer_bs128_seed0", "layer", 128, 0, [0.03, 0.018])
+    _write_mnist_run(root, "batch_bs4_seed0", "batch", 4, 0, [0.05, 0.06])
+    # Unfinished (1 of 2 epochs): its error must not count.
+    _write_mnist_run(root, "batch_bs128_seed0", "batch", 128, 0, [0.5], num_epochs=2)
+    records = metrics.load_runs(root)
+
+    errors = plot_ablation.final_errors(records)
+    assert errors == {"layer": {4: [0.02, 0.04], 128: [0.018]}, "batch": {4: [0.06]}}
+    text = plot_ablation.table(records)
+    assert "| norm | bs 4 | bs 128 |" in text
+    assert "| batch | 6.00 | - |" in text
+    assert "| layer | 3.00 ± 1.41 | 1.80 |" in text
+    assert _is_png(plot_ablation.plot(records, str(tmp_path / "ablation.png")))
+    with pytest.raises(ValueError, match="no finished runs"):
+        plot_ablation.plot([r for r in records if not r.finished], str(tmp_path / "empty.png"))
+
+
+def test_reader_table_and_plots(tmp_path):
+    root = str(tmp_path / "fig2")
+    for cell, everywhere, errors in (("lstm", False, [0.8, 0.5, 0.45]),
+                                     ("lnlstm", False, [0.6, 0.25, 0.3])):
+        workdir = os.path.join(root, cell)
+        metrics.write_config(workdir, {"cell": cell, "bn_everywhere": everywhere,
+                                       "ln_gain_init": 1.0, "num_updates": 300,
+                                       "eval_every": 100})
+        for i, error in enumerate(errors):
+            metrics.append_metrics(workdir, {"round": i, "num_rounds": 3, "step": 100 * (i + 1),
+                                             "valid_error": error})
+    records = metrics.load_runs(root)
+    text = plot_reader.table(records)
+    assert "| LSTM | 1 | 300 | 45.0 | 45.0 | - |" in text
+    assert "| LN-LSTM | 1 | 300 | 25.0 | 30.0 | 200 |" in text
+    assert _is_png(plot_reader.plot(records, str(tmp_path / "fig2.png")))
+    assert _is_png(plot_reader.plot(records, str(tmp_path / "gain.png"), gain=True))
