@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 DATA_DIR := data/tfds
 MNIST_READY := $(DATA_DIR)/.pi_mnist_ready
 
-.PHONY: setup data test test-slow reproduce reproduce-full benchmark clean
+.PHONY: setup data test test-slow reproduce reproduce-full results benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ reproduce: setup data
 # The paper-length runs (hours on 2 cores; resumable, finished runs are skipped).
 reproduce-full: setup data
 	$(PY) -m scripts.reproduce --profile=full
+	$(PY) -m scripts.update_results
+
+# Rebuild results/*.png and the README's results tables from the committed records.
+results: setup
+	$(PY) -m scripts.update_results
 
 benchmark: setup
 	$(PY) -m scripts.benchmark_ops

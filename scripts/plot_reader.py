@@ -2,8 +2,11 @@
 
   python -m scripts.plot_reader --results_dir=results/attentive_reader/fig2 \
       --out=results/attentive_reader_fig2.png
-  python -m scripts.plot_reader --results_dir=results/attentive_reader/gain --gain \
-      --out=results/attentive_reader_gain.png
+  python -m scripts.plot_reader --results_dir=results/attentive_reader/gain \
+      --results_dir=results/attentive_reader/fig2 --gain --out=results/attentive_reader_gain.png
+
+The gain plot takes the LN-LSTM runs of every directory given (fig2's lnlstm runs are the gain
+1.0 arm) and groups them by ln_gain_init.
 
 Validation error vs training updates, mean over seeds with the min-max spread shaded.
 """
@@ -44,7 +47,9 @@ def variant_groups(records):
 def plot(records, out: str, gain: bool = False) -> str:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     if gain:
-        groups = metrics.group_runs(records, ("ln_gain_init",))
+        lnlstm = [r for r in records
+                  if r.config.get("cell") == "lnlstm" and not r.config.get("bn_everywhere")]
+        groups = metrics.group_runs(lnlstm, ("ln_gain_init",))
         styles = {(g,): (f"LN-LSTM, gain init {g:g}", c)
                   for g, c in ((1.0, "tab:red"), (0.1, "tab:orange"))}
     else:
@@ -100,14 +105,15 @@ def table(records) -> str:
 
 def main(argv):
     del argv
-    records = metrics.load_runs(FLAGS.results_dir)
+    records = [r for d in FLAGS.results_dir for r in metrics.load_runs(d)]
     print(plot(records, FLAGS.out, FLAGS.gain))
     if not FLAGS.gain:
         print(table(records))
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("results_dir", "results/attentive_reader/fig2", "Records.")
+    flags.DEFINE_multi_string("results_dir", ["results/attentive_reader/fig2"],
+                              "Record directories (repeat the flag for several).")
     flags.DEFINE_string("out", "results/attentive_reader_fig2.png", "PNG to write.")
     flags.DEFINE_bool("gain", False, "Plot the gain-initialization ablation instead.")
     app.run(main)

@@ -71,6 +71,8 @@ def reproduce_reader(profile: str) -> str:
     for sweep, workdir_root, records_dir, figure in READER_PROFILES[profile]:
         run_sweep(f"configs/attentive_reader_sweeps.py:{sweep}", workdir_root, records_dir)
         records = metrics.load_runs(records_dir)
+        if sweep == "gain":  # the gain 1.0 arm is fig2's lnlstm runs (same config)
+            records += metrics.load_runs(READER_PROFILES[profile][0][2])
         path = plot_reader.plot(records, os.path.join(out_dir, figure), gain=sweep == "gain")
         report.append(f"Attentive reader, {sweep} ({profile}): {path}")
         if sweep != "gain":

@@ -83,3 +83,22 @@ def test_reader_table_and_plots(tmp_path):
     assert "| LN-LSTM | 1 | 300 | 25.0 | 30.0 | 200 |" in text
     assert _is_png(plot_reader.plot(records, str(tmp_path / "fig2.png")))
     assert _is_png(plot_reader.plot(records, str(tmp_path / "gain.png"), gain=True))
+
+
+def test_update_results_rewrites_only_the_marked_blocks(tmp_path):
+    from scripts import update_results
+    results = tmp_path / "results"
+    _write_mnist_run(str(results / "pi_mnist" / "fig6"), "layer_bs4_seed0", "layer", 4, 0,
+                     [0.03, 0.02, 0.010])
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- fig6 table -->\nold table\n<!-- /fig6 table -->\n"
+                      "<!-- reader table -->\nold\n<!-- /reader table -->\nend\n")
+    args = ["--readme", str(readme), "--results", str(results)]
+    assert update_results.main(args + ["--check"]) == 1  # out of date
+    assert update_results.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- fig6 table -->\n| batch | norm |")
+    assert "| 4 | layer | 1 | 3 | 1.00 |" in text and "old table" not in text
+    assert f"<!-- reader table -->\n{update_results.NO_RUNS}\n<!-- /reader table -->\nend\n" in text
+    assert _is_png(str(results / "pi_mnist_fig6.png"))
+    assert update_results.main(args + ["--check"]) == 0  # now current
