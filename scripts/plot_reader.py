@@ -37,7 +37,9 @@ VARIANTS = {  # (cell, bn_everywhere): (label, color)
 # where. The LN-LSTM curve has no numbers in the text ("lower and faster than all three").
 PAPER_BEST = {"LSTM": "50.3% at ~759k", "BN-LSTM": "49.5% at ~228k",
               "BN-everywhere": "50.0% at ~126k", "LN-LSTM": "below all three (no number)"}
-TARGET_ERROR = 0.30
+# Within 6000 updates the synthetic runs fall from chance (87.5%) to a plateau near 73% and some
+# then leave it; 70% marks leaving the plateau (none reached 30%, the first target tried).
+TARGET_ERROR = 0.70
 
 
 def variant_groups(records):
