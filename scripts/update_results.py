@@ -93,9 +93,9 @@ def replace_blocks(text: str, blocks: dict[str, str]) -> str:
     """Replaces the text between `<!-- name -->` and `<!-- /name -->` for every named block
     present in `text`; blocks the text does not mark are ignored."""
     for name, body in blocks.items():
-        pattern = re.compile(rf"(<!-- {re.escape(name)} -->\n).*?(\n<!-- /{re.escape(name)} -->)",
+        pattern = re.compile(rf"(<!-- {re.escape(name)} -->\n).*?(<!-- /{re.escape(name)} -->)",
                              re.DOTALL)
-        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     return text
 
 
