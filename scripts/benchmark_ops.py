@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -111,8 +112,26 @@ def benchmark_layer_norm(shapes, repeats: int) -> list[dict]:
     return rows
 
 
-def benchmark_lstm(size: dict, repeats: int) -> dict[str, float]:
-    """Median ms of jitted grad(sum(outputs)) w.r.t. params for the LSTM and the LN-LSTM."""
+_BOOKKEEPING_OP = re.compile(r"= [^=]*? (parameter|get-tuple-element|tuple|constant|bitcast)\(")
+
+
+def loop_body_op_counts(hlo_text: str) -> list[int]:
+    """Executed ops (fusions, dots, copies, ...) in each while-loop body of a compiled module:
+    for a scanned RNN, the kernels one time step runs in the forward and in the backward scan.
+    A load-independent count that explains where per-step time goes on XLA:CPU."""
+    counts = []
+    for body in re.findall(r"body=(%[\w.\-]+)", hlo_text):
+        match = re.search(re.escape(body) + r" .*?\{\n(.*?)\n\}", hlo_text, re.DOTALL)
+        if match:
+            lines = [line for line in match.group(1).split("\n")
+                     if " = " in line and "ROOT" not in line and not _BOOKKEEPING_OP.search(line)]
+            counts.append(len(lines))
+    return counts
+
+
+def benchmark_lstm(size: dict, repeats: int) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Median ms of jitted grad(sum(outputs)) w.r.t. params for the LSTM and the LN-LSTM, and the
+    ops per time step in their loop bodies (forward scan, backward scan)."""
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.normal(size=(size["batch"], size["steps"], size["inputs"])), jnp.float32)
     mask = jnp.ones(xs.shape[:2], jnp.float32)
@@ -129,7 +148,9 @@ def benchmark_lstm(size: dict, repeats: int) -> dict[str, float]:
     wrapped = {name: (lambda xs, mask, f=f, p=params[name]: f(p, xs, mask))
                for name, f in fns.items()}
     medians = _time_round_robin(wrapped, (xs, mask), repeats)
-    return {name: sec * 1e3 for name, sec in medians.items()}
+    op_counts = {name: loop_body_op_counts(f.lower(params[name], xs, mask).compile().as_text())
+                 for name, f in fns.items()}
+    return {name: sec * 1e3 for name, sec in medians.items()}, op_counts
 
 
 def format_layer_norm_table(rows: list[dict]) -> str:
@@ -162,13 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     print("## Layer norm, float32 [N, H] over H (ms; ratio to the copy in the same mode)\n")
     print(format_layer_norm_table(rows))
 
-    lstm = benchmark_lstm(lstm_size, repeats if args.quick else max(5, repeats // 2))
+    lstm, op_counts = benchmark_lstm(lstm_size, repeats if args.quick else max(5, repeats // 2))
     lstm_ratio = lstm["lnlstm"] / lstm["lstm"]
     print(f"\n## LSTM forward + backward, batch {lstm_size['batch']}, {lstm_size['steps']} steps, "
           f"{lstm_size['units']} units, input {lstm_size['inputs']}\n")
-    print("| cell | ms | ratio to lstm |\n|---|---|---|")
+    print("| cell | ms | ratio to lstm | ops per time step (forward + backward scan) |\n"
+          "|---|---|---|---|")
     for name in ("lstm", "lnlstm"):
-        print(f"| {name} | {lstm[name]:.2f} | {lstm[name] / lstm['lstm']:.2f}x |")
+        counts = op_counts[name]
+        print(f"| {name} | {lstm[name]:.2f} | {lstm[name] / lstm['lstm']:.2f}x | "
+              f"{' + '.join(map(str, counts))} = {sum(counts)} |")
 
     ours = [r for r in rows if r["impl"] == "ours" and r["mode"] == "fwd+bwd"]
     worst = max(r["ratio"] for r in ours)

@@ -22,7 +22,10 @@ def test_benchmark_quick(capsys):
             values = [float(v) for v in row.groups()]
             assert all(v > 0 for v in values)
             assert values[-1] == 1.0  # the copy's ratio to itself
-    lstm = dict(re.findall(r"^\| (lstm|lnlstm) \| (\d+\.\d+) \| \d+\.\d+x \|$", out, re.MULTILINE))
-    assert set(lstm) == {"lstm", "lnlstm"} and all(float(v) > 0 for v in lstm.values())
+    lstm = {name: (float(ms), int(total)) for name, ms, total in re.findall(
+        r"^\| (lstm|lnlstm) \| (\d+\.\d+) \| \d+\.\d+x \| \d+ \+ \d+ = (\d+) \|$", out,
+        re.MULTILINE)}
+    assert set(lstm) == {"lstm", "lnlstm"} and all(ms > 0 for ms, _ in lstm.values())
+    assert lstm["lnlstm"][1] > lstm["lstm"][1] > 0  # LN adds kernels to every time step
     assert re.search(r"layer_norm fwd\+bwd within 4x .* -> (MET|NOT MET)", out)
     assert re.search(r"LN-LSTM fwd\+bwd within 1.2x .* -> (MET|NOT MET)", out)
