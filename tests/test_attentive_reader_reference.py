@@ -92,6 +92,27 @@ def _randomize(params, seed=1, scale=0.4):
         for l in leaves])
 
 
+CELL_CLASSES = {"lstm": "LSTMCell", "lnlstm": "LNLSTMCell", "bnlstm": "BNLSTMCell"}
+
+
+def _cell_scope(tree, runner, cell):
+    """Key path (tuple) of a runner's cell variables in `tree` (params or batch_stats).
+
+    The cells are constructed in AttentiveReader.__call__ and handed to the SequenceRunners, so
+    flax binds them to the reader, in construction order: the document cell is `<Cell>_0`, the
+    query cell `<Cell>_1`, beside (not under) `document_lstm` / `query_lstm`, which hold only the
+    learned initial carry. Also accepts `<runner>/cell`, should the cells ever move there."""
+    if "cell" in tree.get(runner, {}):
+        return (runner, "cell")
+    return (f"{CELL_CLASSES[cell]}_{('document_lstm', 'query_lstm').index(runner)}",)
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
 def _variables(variant, seed=1):
     variables = _init(variant)
     return {**variables, "params": _randomize(variables["params"], seed)}
@@ -159,13 +180,13 @@ def np_reader(cell, params, batch, drop=()):
     e_doc, e_query = embedding[np.asarray(batch["document"])], embedding[np.asarray(batch["query"])]
 
     def run(name, xs, mask):
-        q = p[name]
+        q = p.get(name, {})
         carry = [np.zeros((B, F)), np.zeros((B, F))]
         if "initial_carry" not in drop:  # learned (c0, h0) where the runner has them
             for k in range(2):
                 if f"initial_carry_{k}" in q:
                     carry[k] = np.broadcast_to(q[f"initial_carry_{k}"], (B, F))
-        return np_lstm_run(cell, q["cell"], xs, mask, tuple(carry))
+        return np_lstm_run(cell, _get(p, _cell_scope(p, name, cell)), xs, mask, tuple(carry))
 
     y_d, _ = run("document_lstm", e_doc, doc_mask)                          # [B, T, d]
     _, (_, u) = run("query_lstm", e_query, query_mask)                      # [B, d]
@@ -193,6 +214,9 @@ def np_reader(cell, params, batch, drop=()):
     return dense("logits", g)
 
 
+REF_RTOL, REF_ATOL = 1e-5, 2e-6  # float32 model vs float64 reference: errors ~3e-7 seen
+
+
 @functools.lru_cache(maxsize=None)
 def _eval_fn(variant):
     # Dropout 0.5 (the paper's): evaluation must not apply it.
@@ -208,12 +232,12 @@ def test_forward_matches_float64_reference_in_evaluation(variant):
     variables = _variables(variant)
     params = variables["params"]
     # The reference reads exactly these parameters: any other one would be untested.
-    cell_params = {"lstm": ["['bias']", "['hidden_kernel']['kernel']", "['input_kernel']['kernel']"],
-                   "lnlstm": ["['bias']", "['hidden_kernel']['kernel']",
-                              "['input_kernel']['kernel']"] + [
-                       f"['{n}']['{k}']" for n in ("input_norm", "hidden_norm", "cell_norm")
-                       for k in ("scale", "bias")]}[variant]
-    expected = {f"['{r}']['cell']{c}" for r in ("document_lstm", "query_lstm") for c in cell_params}
+    cell_params = ["['bias']", "['hidden_kernel']['kernel']", "['input_kernel']['kernel']"]
+    if variant == "lnlstm":
+        cell_params += [f"['{n}']['{k}']" for n in ("input_norm", "hidden_norm", "cell_norm")
+                        for k in ("scale", "bias")]
+    prefix = lambda runner: "".join(f"['{k}']" for k in _cell_scope(params, runner, variant))
+    expected = {prefix(r) + c for r in ("document_lstm", "query_lstm") for c in cell_params}
     expected |= {f"['{r}']['initial_carry_{k}']" for r in ("document_lstm", "query_lstm")
                  for k in (0, 1)}
     expected |= {"['embedding']['embedding']", "['bilinear']['kernel']",
@@ -228,13 +252,14 @@ def test_forward_matches_float64_reference_in_evaluation(variant):
     logits = np.asarray(_eval_fn(variant)(variables, batch))
     assert logits.shape == (B, V) and logits.dtype == np.float32
     ref = np_reader(variant, params, batch)
-    np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits, ref, rtol=REF_RTOL, atol=REF_ATOL)  # |logits| ~ 1
 
-    # The comparison sees every term: the reference without any one of them is far off.
+    # The comparison sees every term: the reference without any one of them is far off (the
+    # smallest effect, W_q u in the LSTM reader's attention, is ~1e-3).
     for term in TERMS:
         off = np.abs(np_reader(variant, params, batch, drop=(term,)) - logits).max()
-        assert off > 1e-2, (term, off)
-    # And the junk under the document mask doesn't matter (in the model, the reference agrees).
+        assert off > 50 * REF_ATOL, (term, off)
+    # Other junk ids under the document mask change nothing.
     junk = {**batch, "document": jnp.where(batch["document_mask"] > 0, batch["document"],
                                            (batch["document"] + 5) % V)}
     np.testing.assert_allclose(np.asarray(_eval_fn(variant)(variables, junk)), logits,
@@ -245,10 +270,15 @@ def test_forward_matches_float64_reference_in_evaluation(variant):
 # Document padding in training mode
 # ----------------------------------------------------------------------------------------------
 
+GRADIENT_VARIANTS = ("bn_everywhere",)  # gradients compile ~3x slower than the forward pass:
+# checked for the variant that exercises every masked statistic (BN-LSTM and the masked BN of
+# ff_att_ctx), whose fully padded steps normalize with zero-count statistics
+
+
 @functools.lru_cache(maxsize=None)
 def _train_fn(variant):
-    """(loss, logits, batch_stats after the update or None, grads) of one training-mode pass,
-    the loss as train.train_step computes it; dropout 0, so deterministic."""
+    """(loss, logits, batch_stats after the update or None, grads or None) of one training-mode
+    pass, the loss as train.train_step computes it; dropout 0, so deterministic."""
     model = _model(variant, 0.0)
 
     def fn(variables, batch):
@@ -261,8 +291,11 @@ def _train_fn(variant):
             logits, updates = out if has_bs else (out, {})
             return jnp.mean(train.cross_entropy(logits, batch["label"])), (logits, updates)
 
-        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            variables["params"])
+        if variant in GRADIENT_VARIANTS:
+            (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                variables["params"])
+        else:
+            (loss, (logits, updates)), grads = loss_fn(variables["params"]), None
         return loss, logits, updates.get("batch_stats"), grads
 
     return jax.jit(fn)
@@ -278,10 +311,10 @@ def _assert_trees_close(a, b, **tol):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_document_padding_changes_nothing_in_training(variant):
     """Training mode, dropout 0: a batch and the same batch with EXTRA more padded document
-    steps (junk ids, mask 0) give the same logits, loss and gradients, and the same BN batch
-    statistics (population EMA from zero, so the update is (1 - momentum) x this batch's
-    statistics): per-step statistics of the real steps are equal, and steps with no real token
-    are not updated."""
+    steps (junk ids, mask 0) give the same logits and loss (and gradients, for
+    GRADIENT_VARIANTS), and the same BN batch statistics (the population EMA starts from zero,
+    so the update is (1 - momentum) x this batch's statistics): equal per-step statistics on the
+    real steps, and no update at steps without a real token."""
     cell, bn_everywhere = VARIANTS[variant]
     variables = _variables(variant)
     has_bs = cell == "bnlstm" or bn_everywhere
@@ -302,18 +335,28 @@ def test_document_padding_changes_nothing_in_training(variant):
     assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(logits)))
     np.testing.assert_allclose(np.asarray(p_logits), np.asarray(logits), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(p_loss), float(loss), rtol=1e-6, atol=1e-6)
-    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(p_grads))
-    _assert_trees_close(p_grads, grads, rtol=1e-4, atol=1e-6)
+    if variant in GRADIENT_VARIANTS:
+        assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(p_grads))
+        _assert_trees_close(p_grads, grads, rtol=1e-4, atol=1e-6)
 
     if has_bs:
         to_batch_stats = lambda tree: jax.tree.map(lambda s: s / (1.0 - BN_MOMENTUM), tree)
         _assert_trees_close(to_batch_stats(p_stats), to_batch_stats(stats), rtol=1e-5, atol=1e-5)
         if cell == "bnlstm":
-            for name, value in p_stats["document_lstm"]["cell"].items():
+            for runner, steps in (("document_lstm", MAX_DOC_STEPS), ("query_lstm", Q + 2)):
+                for name, value in _get(p_stats, _cell_scope(p_stats, runner, cell)).items():
+                    assert value.shape[0] == steps, (runner, name)  # the right cell for each
+            # Every real step is updated (a non-zero variance only where >= 2 examples are real,
+            # and no hidden-term statistics at step 0, where h0 = 0); the steps with no real
+            # token, and those past the batch, are not.
+            for name, value in _get(p_stats, _cell_scope(p_stats, "document_lstm", cell)).items():
                 value = np.asarray(value)
-                assert value.shape[0] == MAX_DOC_STEPS
-                assert np.all(np.abs(value[:T]).max(1) > 0), name  # every real step updated
-                np.testing.assert_array_equal(value[T:], 0.0, err_msg=name)  # no real token
+                steps = np.ones(T, bool) if name.endswith("_mean") else (
+                    _mask(DOC_LENGTHS, T).sum(0) >= 2)
+                if name.startswith("hidden"):
+                    steps[0] = False
+                assert np.all(np.abs(value[:T][steps]).max(1) > 0), name
+                np.testing.assert_array_equal(value[T:], 0.0, err_msg=name)
         if bn_everywhere:
             assert {"ff_att_ctx_bn", "ff_att_q_bn", "ff_out_ctx_bn", "ff_out_q_bn",
                     "ff_out_mean_d_bn"} <= set(p_stats)
