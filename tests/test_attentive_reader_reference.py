@@ -92,19 +92,14 @@ def _randomize(params, seed=1, scale=0.4):
         for l in leaves])
 
 
-CELL_CLASSES = {"lstm": "LSTMCell", "lnlstm": "LNLSTMCell", "bnlstm": "BNLSTMCell"}
 
 
 def _cell_scope(tree, runner, cell):
-    """Key path (tuple) of a runner's cell variables in `tree` (params or batch_stats).
-
-    The cells are constructed in AttentiveReader.__call__ and handed to the SequenceRunners, so
-    flax binds them to the reader, in construction order: the document cell is `<Cell>_0`, the
-    query cell `<Cell>_1`, beside (not under) `document_lstm` / `query_lstm`, which hold only the
-    learned initial carry. Also accepts `<runner>/cell`, should the cells ever move there."""
-    if "cell" in tree.get(runner, {}):
-        return (runner, "cell")
-    return (f"{CELL_CLASSES[cell]}_{('document_lstm', 'query_lstm').index(runner)}",)
+    """Key path of a runner's cell variables in `tree` (params or batch_stats): the runner adopts
+    its cell, so they sit under `<runner>/cell`, beside the runner's learned initial carry."""
+    del cell
+    assert "cell" in tree.get(runner, {}), f"no {runner}/cell in {sorted(tree)}"
+    return (runner, "cell")
 
 
 def _get(tree, path):

@@ -42,8 +42,9 @@ class AttentiveReader(nn.Module):
             raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}.")
         kwargs = {"lnlstm": {"gain_init": self.ln_gain_init},
                   "bnlstm": {"max_steps": max_steps}}.get(self.cell, {})
-        return rnn.SequenceRunner(rnn.make_cell(self.cell, self.features, **kwargs),
-                                  learn_initial_carry=True, name=name)
+        # parent=None: the runner adopts the cell, so its params sit under <name>/cell.
+        cell = rnn.make_cell(self.cell, self.features, parent=None, **kwargs)
+        return rnn.SequenceRunner(cell, learn_initial_carry=True, name=name)
 
     def _feedforward(self, name: str, x, *, train: bool, mask=None, use_bias: bool = False):
         """A linear term feeding a tanh: BN'd (gamma 0.1, no beta) when bn_everywhere."""
