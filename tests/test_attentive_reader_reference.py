@@ -361,3 +361,15 @@ def test_document_padding_changes_nothing_in_training(variant):
                                                    constant_values=1.0)}
     _, u_logits, _, _ = fn(variables, unmasked)
     assert np.abs(np.asarray(u_logits) - np.asarray(logits)).max() > 1e-3
+
+
+def test_bn_everywhere_normalizes_every_tanh_term_and_keeps_the_biases_as_betas():
+    params = _init("bn_everywhere")["params"]
+    terms = ("ff_att_ctx", "ff_att_q", "ff_out_ctx", "ff_out_q", "ff_out_mean_d")
+    for term in terms:
+        assert set(params[term]) == {"kernel"}  # the dense layer's own bias goes to BN's beta
+        expected = {"scale", "bias"} if term in ("ff_att_ctx", "ff_out_ctx") else {"scale"}
+        assert set(params[f"{term}_bn"]) == expected, term
+        np.testing.assert_array_equal(np.asarray(params[f"{term}_bn"]["scale"]), 0.1)
+    # Not normalized: the bilinear similarity, the attention score and the logits.
+    assert not any(f"{name}_bn" in params for name in ("bilinear", "attention_score", "logits"))

@@ -12,8 +12,9 @@ Follows cooijmanstim/Attentive_reader (branch bn), codes/att_reader/model.py, wi
 
 `cell` picks the recurrent cell (lstm | bnlstm | lnlstm). LN sits only inside the LSTMs (sec. 6.2).
 `bn_everywhere` adds BN (gamma 0.1, statistics masked) to each linear term feeding a tanh in the
-attention and the readout: ff_att_ctx, ff_att_q, ff_out_ctx, ff_out_q, ff_out_mean_d. The bilinear
-similarity and the logit layer are not normalized.
+attention and the readout: ff_att_ctx, ff_att_q, ff_out_ctx, ff_out_q, ff_out_mean_d; the BN's
+beta replaces the bias of the terms that have one (b_ctx, b). The bilinear similarity and the
+logit layer are not normalized.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ class AttentiveReader(nn.Module):
         return rnn.SequenceRunner(cell, learn_initial_carry=True, name=name)
 
     def _feedforward(self, name: str, x, *, train: bool, mask=None, use_bias: bool = False):
-        """A linear term feeding a tanh: BN'd (gamma 0.1, no beta) when bn_everywhere."""
+        """A linear term feeding a tanh: BN'd (gamma 0.1) when bn_everywhere, the BN's beta then
+        standing in for the term's bias (b_ctx, the readout's b), as in [AR-code]'s
+        bn(dot(x, W), gamma, b)."""
         y = nn.Dense(self.features, use_bias=use_bias and not self.bn_everywhere, name=name)(x)
         if not self.bn_everywhere:
             return y
-        norm = layers.BatchNorm(use_bias=False, name=f"{name}_bn",
+        norm = layers.BatchNorm(use_bias=use_bias, name=f"{name}_bn",
                                 scale_init=nn.initializers.constant(rnn.BN_GAMMA_INIT))
         return norm(y, use_running_average=not train, mask=mask)
 
