@@ -370,6 +370,6 @@ def test_bn_everywhere_normalizes_every_tanh_term_and_keeps_the_biases_as_betas(
         assert set(params[term]) == {"kernel"}  # the dense layer's own bias goes to BN's beta
         expected = {"scale", "bias"} if term in ("ff_att_ctx", "ff_out_ctx") else {"scale"}
         assert set(params[f"{term}_bn"]) == expected, term
-        np.testing.assert_array_equal(np.asarray(params[f"{term}_bn"]["scale"]), 0.1)
+        np.testing.assert_array_equal(np.asarray(params[f"{term}_bn"]["scale"]), np.float32(0.1))
     # Not normalized: the bilinear similarity, the attention score and the logits.
     assert not any(f"{name}_bn" in params for name in ("bilinear", "attention_score", "logits"))
