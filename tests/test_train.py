@@ -262,3 +262,26 @@ def test_sharded_training_matches_one_device(tiny, tmp_path):
     one, two = outputs[1]["row"], outputs[2]["row"]
     for key in ("train_loss_running", "train_nll", "test_nll", "valid_nll"):
         np.testing.assert_allclose(two[key], one[key], rtol=2e-4, err_msg=key)
+
+
+def test_bn_with_batch_statistics_at_eval_ignores_padded_rows():
+    """bn_eval_statistics='batch': the zero rows that pad the last evaluation batch (weight 0)
+    must not enter BN's statistics, so the real rows' logits do not change when padding is
+    added; LN never looks at other rows in the first place."""
+    from lnrepro.models import mlp
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.random((6, 784)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 6), jnp.int32)
+    model = mlp.MLP(hidden_sizes=(16,), norm="batch", normalize_logits=True,
+                    bn_eval_statistics="batch")
+    real = {"image": images, "label": labels, "weight": jnp.ones(6)}
+    padded = {"image": jnp.pad(images, ((0, 4), (0, 0))), "label": jnp.pad(labels, (0, 4)),
+              "weight": jnp.pad(jnp.ones(6), (0, 4))}
+    variables = model.init(jax.random.key(0), real, train=False)
+    logits_real = model.apply(variables, real, train=False)
+    logits_padded = model.apply(variables, padded, train=False)
+    np.testing.assert_allclose(np.asarray(logits_padded[:6]), np.asarray(logits_real),
+                               rtol=1e-5, atol=1e-5)
+    unmasked = model.apply(variables, {k: v for k, v in padded.items() if k != "weight"},
+                           train=False)
+    assert not np.allclose(np.asarray(unmasked[:6]), np.asarray(logits_real), atol=1e-3)
