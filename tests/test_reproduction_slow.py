@@ -1,6 +1,6 @@
 """Reproduction checks on the real data: minutes each, so marked slow and kept out of `make test`.
 
-  make test-slow      # prepares the data; ~8 min on 2 idle cores (15 min beside a training job)
+  make test-slow      # prepares the data; 15.5 min measured beside a training job on 2 cores
 
 They train the paper's 784-1000-1000-10 network for one epoch and check what one epoch already
 shows (results/pi_mnist/fig6, epoch 1): every norm learns MNIST, and at batch size 4 BN's test
