@@ -117,3 +117,41 @@ def test_readme_tables_match_the_committed_records():
         readme = f.read()
     assert update_results.replace_blocks(readme, blocks) == readme, \
         "README.md's results tables are out of date: run `make results`."
+
+
+def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
+    """Stands in for scripts.reproduce.run_sweep: writes a short finished record per run, with
+    the config fields the plots and tables group by."""
+    import importlib
+    from configs import attentive_reader as reader_config
+    from configs import pi_mnist as mnist_config
+    path, name = sweep.split(":")
+    plan = importlib.import_module(path[:-3].replace("/", ".")).get_config(name)
+    base = (mnist_config if "pi_mnist" in path else reader_config).get_config().to_dict()
+    for run in plan.runs:
+        config = {**base, **run["overrides"]}
+        workdir = os.path.join(records_dir, run["name"])
+        metrics.write_config(workdir, config)
+        rounds = config.get("num_epochs") or config["num_updates"] // config["eval_every"]
+        for i in range(rounds):
+            metrics.append_metrics(workdir, {
+                "round": i, "num_rounds": rounds, "epoch": i + 1, "step": 100 * (i + 1),
+                "train_nll": 0.1 / (i + 1), "test_error": 0.02, "valid_error": 0.8 - 0.01 * i,
+                "round_seconds": 1.0})
+
+
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_reproduce_builds_every_figure_and_table_from_the_sweeps(tmp_path, monkeypatch, profile):
+    from scripts import reproduce
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(reproduce, "run_sweep", _fake_sweep)
+    mnist_report = reproduce.reproduce_pi_mnist(profile)
+    reader_report = reproduce.reproduce_reader(profile)
+    out = reproduce.PROFILES[profile][3]
+    assert "| 4 | layer |" in mnist_report and "| LN-LSTM |" in reader_report
+    expected = ["pi_mnist_fig6.png", "attentive_reader_fig2.png"]
+    if profile == "full":
+        assert "| layer |" in reproduce.reproduce_batch_size_ablation()
+        expected += ["attentive_reader_gain.png", "pi_mnist_batch_sizes.png"]
+    for name in expected:
+        assert _is_png(os.path.join(out, name)), name
