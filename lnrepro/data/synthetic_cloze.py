@@ -319,7 +319,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.add_argument(f'--{field.name}', type=type(field.default), default=field.default)
     args = vars(parser.parse_args(argv))
     out = args.pop('out')
-    print(write_corpus(out, SyntheticConfig(**args)))
+    config = SyntheticConfig(**args)
+    print(write_corpus(out, config))
+    # What shallow cues get on this corpus: the bars a reader's validation error is read against.
+    validation = [cloze.parse_question(text) for text in generate_split(config, 'validation')]
+    print(f'validation error of shallow baselines: most frequent entity not in the question '
+          f'{1 - frequency_baseline(validation):.1%}, best-matching sentence\'s new entity '
+          f'{1 - sentence_match_baseline(validation):.1%}')
 
 
 if __name__ == '__main__':
