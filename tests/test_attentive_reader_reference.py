@@ -20,15 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lnrepro import ops, train
+from lnrepro import train
 from lnrepro.models.attentive_reader import AttentiveReader
+from tests.test_rnn import _np, np_ln, sigmoid  # the float64 references
 
 V, F, B, T, Q = 11, 4, 3, 6, 3
 DOC_LENGTHS = np.array([6, 3, 5])
 QUERY_LENGTHS = np.array([3, 1, 2])
 EXTRA = 4  # padded document steps appended in the padding tests
 MAX_DOC_STEPS = T + EXTRA + 2  # BN-LSTM population arrays: some steps are never reached
-EPS = ops.DEFAULT_EPSILON
 BN_MOMENTUM = 0.99  # BNLSTMCell and layers.BatchNorm defaults (not configurable in the reader)
 VARIANTS = {  # name: (cell, bn_everywhere)
     "lstm": ("lstm", False),
@@ -119,20 +119,6 @@ def _variables(variant, seed=1):
 
 TERMS = ("initial_carry", "query_mask", "bilinear", "att_ctx", "b_ctx", "att_q", "att_mask",
          "readout_r", "readout_q", "readout_b", "readout_mean", "mean_mask")
-
-
-def _np(a):
-    return np.asarray(a, np.float64)
-
-
-def sigmoid(a):
-    return 1.0 / (1.0 + np.exp(-a))
-
-
-def np_ln(a, p):
-    mean = a.mean(-1, keepdims=True)
-    var = np.square(a - mean).mean(-1, keepdims=True)
-    return (a - mean) / np.sqrt(var + EPS) * _np(p["scale"]) + _np(p["bias"])
 
 
 def np_lstm_run(cell, p, xs, mask, carry):
