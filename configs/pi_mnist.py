@@ -51,6 +51,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.eval_batch_size = 1000
     # Training NLL is evaluated on a fixed subset of this many training examples each epoch.
     c.train_eval_examples = 10000
+    # Log the global gradient norm of every step (grad_norm_max per epoch). A diagnostic, off by
+    # default: its extra pass over the gradients costs ~25% of a batch-4 step (README,
+    # Benchmarks); on or off, training is the same.
+    c.log_grad_norm = False
     c.seed = 0
     # Multi-host: call jax.distributed.initialize() before training (one process per host).
     c.distributed = False

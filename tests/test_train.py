@@ -156,6 +156,33 @@ def test_resume_with_a_different_config_is_refused(tiny, tmp_path):
                                  str(tmp_path), build(load_split))
 
 
+def test_grad_norm_logging_changes_the_log_not_the_training(tiny, tmp_path):
+    data_dir, load_split = tiny
+    logged = train.train_and_evaluate(
+        small_config(data_dir, norm="batch", num_epochs=2, log_grad_norm=True),
+        str(tmp_path / "logged"), build(load_split))
+    assert all(r["grad_norm_max"] > 0 for r in logged)
+    # Off for the first epoch, then on after a resume: log_grad_norm may differ on resume.
+    workdir = str(tmp_path / "switched")
+    train.train_and_evaluate(
+        small_config(data_dir, norm="batch", num_epochs=1, log_grad_norm=False), workdir,
+        build(load_split))
+    with open(os.path.join(workdir, metrics.CONFIG_FILE)) as f:
+        record = json.load(f)
+    record["num_epochs"] = 2  # extend the same run by an epoch
+    with open(os.path.join(workdir, metrics.CONFIG_FILE), "w") as f:
+        json.dump(record, f)
+    switched = train.train_and_evaluate(
+        small_config(data_dir, norm="batch", num_epochs=2, log_grad_norm=True), workdir,
+        build(load_split))
+    assert "grad_norm_max" not in switched[0] and switched[1]["grad_norm_max"] > 0
+    # Same params, same metrics: only the logged diagnostic (and the first epoch's run length,
+    # 1 before the extension) differ.
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("grad_norm_max", "num_rounds")}
+                         for r in without_timing(rows)]
+    assert drop(switched) == drop(logged)
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
     data_dir, load_split = tiny
 
