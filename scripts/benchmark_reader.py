@@ -33,6 +33,7 @@ import numpy as np
 from configs import attentive_reader as reader_config
 from lnrepro import train
 from lnrepro.tasks import attentive_reader
+from scripts import benchmark_common
 
 # name -> (cell, bn_everywhere)
 VARIANTS = {
@@ -52,7 +53,6 @@ QUICK_SIZES = {
                   updates=2),
 }
 NUM_BATCHES = 4  # distinct random batches, cycled
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def make_config(size: dict, variant: str):
@@ -150,14 +150,6 @@ def describe(size: dict) -> str:
             f"tokens, query {size['query']}, vocabulary {size['vocab']}")
 
 
-def _fast_compile() -> None:
-    """--quick times nothing meaningful and is dominated by compiles: skip LLVM's expensive
-    passes (as tests/conftest.py does). Takes effect only if no JAX backend exists yet."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "--xla_backend_optimization_level" not in flags:
-        os.environ["XLA_FLAGS"] = (flags + " " + FAST_COMPILE_FLAGS).strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=None,
@@ -170,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny reader: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
-        _fast_compile()
+        benchmark_common.fast_compile()
     repeats = args.repeats or (3 if args.quick else 7)
     if args.quick:
         sizes = QUICK_SIZES

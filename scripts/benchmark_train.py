@@ -47,6 +47,7 @@ import numpy as np
 from configs import pi_mnist as pi_mnist_config
 from lnrepro import train
 from lnrepro.tasks import pi_mnist
+from scripts import benchmark_common
 
 NORMS = ("none", "batch", "layer")
 BATCH_SIZES = (128, 4)
@@ -60,7 +61,6 @@ GOAL_RATIO = 1.5
 # mode: (steps_per_call, 0 = the default; log_grad_norm)
 MODES = {"baseline": (1, True), "ours": (0, False), "chunked": (0, True),
          "baseline_lean": (1, False)}
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def make_config(norm: str, batch_size: int, steps_per_call: int, hidden_sizes,
@@ -218,14 +218,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _fast_compile() -> None:
-    """--quick times nothing meaningful and is dominated by compiles: skip LLVM's expensive
-    passes (as tests/conftest.py does). Takes effect only if no JAX backend exists yet."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "--xla_backend_optimization_level" not in flags:
-        os.environ["XLA_FLAGS"] = (flags + " " + FAST_COMPILE_FLAGS).strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=None,
@@ -234,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"hidden sizes {QUICK_HIDDEN}, few steps: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
-        _fast_compile()
+        benchmark_common.fast_compile()
     repeats = args.repeats or (3 if args.quick else 7)
     hidden = QUICK_HIDDEN if args.quick else tuple(pi_mnist_config.get_config().hidden_sizes)
     steps = QUICK_STEPS_PER_REPEAT if args.quick else STEPS_PER_REPEAT
