@@ -149,6 +149,16 @@ def group_runs(records: Iterable[RunRecord], keys: tuple[str, ...]
     return groups
 
 
+def prefer_finished(runs: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """(runs to report, runs left out): the finished runs when a group has any, so that a partial
+    seed neither cuts the finished ones short nor pools its early epochs with their final ones;
+    otherwise the partial runs themselves (their epoch count then says how far they got)."""
+    finished = [run for run in runs if run.finished]
+    if not finished:
+        return list(runs), []
+    return finished, [run for run in runs if not run.finished]
+
+
 class Progress:
     """One log line per round: metrics, throughput and an ETA from the rounds timed so far."""
 

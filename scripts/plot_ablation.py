@@ -71,19 +71,34 @@ def plot(records: list[metrics.RunRecord], out: str) -> str:
 
 
 def table(records: list[metrics.RunRecord]) -> str:
-    """Markdown: one row per norm, one column per batch size, mean final test error (%)."""
+    """Markdown: one row per norm, one column per batch size, mean final test error (%) ± the
+    sample standard deviation over finished seeds, and a caption with the seed and epoch counts
+    (each cell's own count in brackets when the cells differ)."""
     errors = final_errors(records)
     sizes = sorted({bs for by_size in errors.values() for bs in by_size})
+    counts = {len(v) for by_size in errors.values() for v in by_size.values()}
     lines = ["| norm | " + " | ".join(f"bs {bs}" for bs in sizes) + " |",
              "|---|" + "---|" * len(sizes)]
     for norm in [n for n in NORM_ORDER if n in errors]:
         cells = []
         for bs in sizes:
             values = 100 * np.asarray(errors[norm].get(bs, []), dtype=float)
-            cells.append("-" if not len(values) else
-                         f"{values.mean():.2f}" + (f" ± {values.std(ddof=1):.2f}"
-                                                   if len(values) > 1 else ""))
+            if not len(values):
+                cells.append("-")
+                continue
+            cell = f"{values.mean():.2f}"
+            if len(values) > 1:
+                cell += f" ± {values.std(ddof=1):.2f}"
+            if len(counts) > 1:
+                cell += f" ({len(values)})"
+            cells.append(cell)
         lines.append(f"| {norm} | " + " | ".join(cells) + " |")
+    epochs = sorted({r.config["num_epochs"] for r in records if r.finished})
+    seeds = (f"{counts.pop()} finished seed(s) per cell" if len(counts) == 1 else
+             "the finished seeds (their number in brackets)")
+    lines += ["", f"Final test error (%) after {', '.join(map(str, epochs))} epochs: mean "
+                  f"(± sample standard deviation) over {seeds}; the figure's bars are the "
+                  f"min-max range."]
     return "\n".join(lines)
 
 

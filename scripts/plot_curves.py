@@ -1,5 +1,6 @@
 """Fig. 6 analogue from metrics.jsonl alone: training NLL (log axis) and test error vs epoch,
-batch size 128 and 4 side by side, mean over seeds with the min-max spread shaded.
+batch size 128 and 4 side by side, mean over seeds with the min-max spread shaded (finished
+runs only, when a group has any).
 
   python -m scripts.plot_curves --results_dir=results/pi_mnist/fig6 --out=results/pi_mnist_fig6.png
 """
@@ -33,12 +34,14 @@ def mean_and_spread(runs: list[metrics.RunRecord], key: str, x: str):
 
 def plot_panel(ax, groups, batch_size: int, key: str, x: str, log_y: bool, ylabel: str):
     for norm in ("none", "batch", "layer", "weight"):
-        runs = groups.get((norm, batch_size))
-        if not runs:
+        if not groups.get((norm, batch_size)):
             continue
+        runs, left_out = metrics.prefer_finished(groups[(norm, batch_size)])
         xs, mean, low, high = mean_and_spread(runs, key, x)
         scale = 100.0 if key.endswith("error") else 1.0
-        ax.plot(xs, mean * scale, color=COLORS[norm], label=f"{LABELS[norm]} ({len(runs)} seeds)")
+        label = f"{LABELS[norm]} ({len(runs)} seed{'s' * (len(runs) > 1)}"
+        label += f"; {len(left_out)} unfinished not shown)" if left_out else ")"
+        ax.plot(xs, mean * scale, color=COLORS[norm], label=label)
         if len(runs) > 1:
             ax.fill_between(xs, low * scale, high * scale, color=COLORS[norm], alpha=0.2)
     if log_y:

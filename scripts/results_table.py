@@ -2,7 +2,8 @@
 
   python -m scripts.results_table --results_dir=results/pi_mnist/fig6
 
-For each norm and batch size: seeds, epochs reached, final test error and training NLL (mean and
+For each norm and batch size (finished runs only, when the group has any; see
+`metrics.prefer_finished`): seeds, epochs reached, final test error and training NLL (mean and
 standard deviation over seeds), the epoch at which the training NLL first fell below 0.01 (a
 convergence-speed measure), and the wall time of one run on this machine.
 """
@@ -41,7 +42,9 @@ def table(records: list[metrics.RunRecord]) -> str:
     lines = ["| batch | norm | seeds | epochs | test error (%) | training NLL | "
              f"epoch NLL < {NLL_TARGET} | minutes / run | paper |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for (norm, bs), runs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+    for (norm, bs), group in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        runs, left_out = metrics.prefer_finished(group)
+        seeds = f"{len(runs)}" + (f" (+{len(left_out)} unfinished, not shown)" if left_out else "")
         epochs = min(len(r.rows) for r in runs)
         finals = [r.rows[epochs - 1] for r in runs]
         reached = [first_epoch_below(r, "train_nll", NLL_TARGET) for r in runs]
@@ -49,7 +52,7 @@ def table(records: list[metrics.RunRecord]) -> str:
         minutes = np.mean([sum(row.get("round_seconds", 0.0) for row in r.rows[:epochs])
                            for r in runs]) / 60
         lines.append(
-            f"| {bs} | {norm} | {len(runs)} | {epochs} | "
+            f"| {bs} | {norm} | {seeds} | {epochs} | "
             f"{_mean_std([f['test_error'] for f in finals], 100)} | "
             f"{_mean_std([f['train_nll'] for f in finals], digits=1, style='e')} | {reached_text} | "
             f"{minutes:.1f} | {PAPER.get(bs, '')} |")

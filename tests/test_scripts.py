@@ -35,12 +35,18 @@ def test_fig6_table_and_plot(tmp_path):
     _write_mnist_run(root, "layer_bs4_seed0", "layer", 4, 0, [0.03, 0.02, 0.010])
     _write_mnist_run(root, "layer_bs4_seed1", "layer", 4, 1, [0.03, 0.02, 0.012])
     _write_mnist_run(root, "batch_bs4_seed0", "batch", 4, 0, [0.05, 0.04, 0.03])
+    # Unfinished (1 of 3 epochs) beside a finished seed: left out, not a cut to 1 epoch.
+    _write_mnist_run(root, "batch_bs4_seed1", "batch", 4, 1, [0.5], num_epochs=3)
+    # A group with no finished run shows its partial runs, with the epochs they reached.
+    _write_mnist_run(root, "none_bs4_seed0", "none", 4, 0, [0.04, 0.03], num_epochs=3)
     records = metrics.load_runs(root)
 
     text = results_table.table(records)
     # LN: mean 1.10 and sample std 0.14 of 1.0 and 1.2 (%); NLL 0.1/27 at epoch 3, the first below 0.01; 3 epochs of 30 s.
     assert "| 4 | layer | 2 | 3 | 1.10 ± 0.14 | 3.7e-03 ± 0.0e+00 | 3, 3 | 1.5 |" in text
-    assert "| 4 | batch | 1 | 3 | 3.00 | 3.7e-03 | 3 | 1.5 |" in text
+    assert ("| 4 | batch | 1 (+1 unfinished, not shown) | 3 | 3.00 | 3.7e-03 | 3 | 1.5 |"
+            in text)
+    assert "| 4 | none | 1 | 2 | 3.00 | 1.3e-02 | - | 1.0 |" in text
     out = plot_curves.plot_fig6(records, str(tmp_path / "fig6.png"))
     assert _is_png(out)
 
@@ -59,8 +65,9 @@ def test_ablation_uses_finished_runs_only(tmp_path):
     assert errors == {"layer": {4: [0.02, 0.04], 128: [0.018]}, "batch": {4: [0.06]}}
     text = plot_ablation.table(records)
     assert "| norm | bs 4 | bs 128 |" in text
-    assert "| batch | 6.00 | - |" in text
-    assert "| layer | 3.00 ± 1.41 | 1.80 |" in text
+    assert "| batch | 6.00 (1) | - |" in text
+    assert "| layer | 3.00 ± 1.41 (2) | 1.80 (1) |" in text
+    assert "after 2 epochs: mean (± sample standard deviation) over the finished seeds" in text
     assert _is_png(plot_ablation.plot(records, str(tmp_path / "ablation.png")))
     with pytest.raises(ValueError, match="no finished runs"):
         plot_ablation.plot([r for r in records if not r.finished], str(tmp_path / "empty.png"))
