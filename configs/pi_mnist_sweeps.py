@@ -3,12 +3,12 @@
   fig6        Fig. 6: norm in {none, batch, layer} x batch size {128, 4}, 60 epochs, seeds 0-2,
               most informative first: every norm and batch size at seed 0, then the cheap
               batch-128 runs of seeds 1 and 2, then batch 4's (~40 min each on 2 cores).
-  quick       Fig. 6 in a few epochs, one seed: what `make reproduce` runs (~10 min on 2 cores).
+  quick       Fig. 6 in a few epochs, one seed: what `make reproduce` runs (~8 min on 2 cores).
   batch_sizes Final test error vs batch size 1, 2, 4, ..., 256 at an equal budget of examples
               seen (the same number of epochs), seeds 0-2. BN is left out at batch size 1 (one
               example has no batch variance).
   lr_search   The learning-rate search on the validation split that chose the defaults in
-              lnrepro/tasks/pi_mnist.py (short runs; README, "Choosing the learning rate").
+              lnrepro/tasks/pi_mnist.py (short runs; README, "Choices the paper leaves open").
 
   python -m experiments.sweep --sweep=configs/pi_mnist_sweeps.py:fig6 \
       --workdir_root=runs/pi_mnist/fig6 --results_dir=results/pi_mnist/fig6

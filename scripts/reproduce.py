@@ -1,6 +1,6 @@
 """The main job: run the experiments' sweeps, then rebuild every figure and table from the records.
 
-  python -m scripts.reproduce --profile=quick   # `make reproduce`: a few epochs, ~10 min on 2 cores
+  python -m scripts.reproduce --profile=quick   # `make reproduce`: a few epochs, ~12 min on 2 cores
   python -m scripts.reproduce --profile=full    # `make reproduce-full`: the paper-length runs
 
 quick writes runs/quick/ (records, figures, tables; nothing committed). full writes its records to
@@ -57,7 +57,7 @@ def reproduce_pi_mnist(profile: str) -> str:
 
 
 def reproduce_batch_size_ablation() -> str:
-    """The wide batch-size sweep (full profile only: ~1.5 h a seed on 2 cores)."""
+    """The wide batch-size sweep (full profile only: ~45 min a seed on 2 cores)."""
     records_dir = "results/pi_mnist/batch_sizes"
     run_sweep("configs/pi_mnist_sweeps.py:batch_sizes", "runs/pi_mnist/batch_sizes", records_dir)
     records = metrics.load_runs(records_dir)

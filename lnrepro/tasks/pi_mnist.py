@@ -19,7 +19,7 @@ from lnrepro.models import mlp
 
 NORMS = ("none", "batch", "layer", "weight")
 # Chosen per (norm, batch size) by the validation search of configs/pi_mnist_sweeps.py:lr_search
-# (README, "Choosing the learning rate"): 3 epochs at batch 128, 1 epoch at batch 4, the lowest
+# (README, "Choices the paper leaves open"): 3 epochs at batch 128, 1 epoch at batch 4, the lowest
 # final validation error. Other batch sizes take the nearest searched one on a log scale; weight
 # norm takes the baseline's rates (it was not searched).
 SEARCHED_LEARNING_RATES = {
