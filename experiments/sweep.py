@@ -50,6 +50,28 @@ def run_command(driver: str, base_config: str, overrides: dict[str, Any], workdi
     return args
 
 
+class StaleRecordError(ValueError):
+    """A record in results_dir was made with other settings than the sweep now asks for."""
+
+
+def check_record(results_dir: str, name: str, overrides: dict[str, Any]) -> None:
+    """Refuses a record whose config disagrees with the run's overrides: skipping it as finished
+    (or pooling it in the tables) would report numbers for settings the sweep no longer runs."""
+    record = metrics.load_run(os.path.join(results_dir, name))
+    if record is None:
+        return
+    as_json = lambda v: list(v) if isinstance(v, tuple) else v
+    differing = {k: (record.config.get(k), as_json(v)) for k, v in overrides.items()
+                 if record.config.get(k) != as_json(v)}
+    if differing:
+        details = ", ".join(f"{k}: record {old!r}, sweep {new!r}"
+                            for k, (old, new) in sorted(differing.items()))
+        raise StaleRecordError(
+            f"{os.path.join(results_dir, name)} holds a record made with other settings "
+            f"({details}). Move that directory away to re-run it with the sweep's settings, or "
+            f"point --results_dir elsewhere.")
+
+
 def is_finished(results_dir: str, name: str) -> bool:
     record = metrics.load_run(os.path.join(results_dir, name))
     return record is not None and record.finished
@@ -82,6 +104,7 @@ def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False,
     runs = select_runs(sweep.runs, only)
     for index, run in enumerate(runs):
         name = run["name"]
+        check_record(results_dir, name, dict(run["overrides"]))
         if is_finished(results_dir, name):
             logging.info("[%d/%d] %s: finished, skipped.", index + 1, len(runs), name)
             continue

@@ -53,6 +53,20 @@ def test_sweep_skips_finished_runs_and_publish_only_copies_partial_ones(tmp_path
     assert record is not None and not record.finished and len(record.rows) == 1
 
 
+def test_a_record_made_with_other_settings_is_refused_not_skipped(tmp_path):
+    results = tmp_path / "results"
+    _write_run(results / "a", 2, 2, config={"num_epochs": 2, "norm": "layer",
+                                            "hidden_sizes": [32, 32], "learning_rate": 0.001})
+    same = {"norm": "layer", "hidden_sizes": (32, 32), "learning_rate": 1e-3}
+    plan = config_dict.ConfigDict({"driver": "nonexistent.module", "base_config": "x.py",
+                                   "runs": [{"name": "a", "overrides": same}]})
+    assert sweep.run_sweep(plan, str(tmp_path / "runs"), str(results)) == []  # finished: skipped
+    plan.runs = [{"name": "a", "overrides": dict(same, learning_rate=3e-4)}]
+    with pytest.raises(sweep.StaleRecordError,
+                       match=r"learning_rate: record 0.001, sweep 0.0003\). Move that directory"):
+        sweep.run_sweep(plan, str(tmp_path / "runs"), str(results))
+
+
 def test_sweep_files_list_unique_runs_in_priority_order():
     fig6 = pi_mnist_sweeps.get_config("fig6").runs
     names = [r["name"] for r in fig6]
@@ -77,3 +91,17 @@ def test_only_selects_runs_by_name_and_rejects_a_pattern_that_matches_nothing():
     assert len(sweep.select_runs(runs, None)) == 18
     with pytest.raises(ValueError, match="matches none of the sweep's runs"):
         sweep.select_runs(runs, "bs512")
+
+
+@pytest.mark.parametrize("sweeps, name, results_dir", [
+    (pi_mnist_sweeps, "fig6", "results/pi_mnist/fig6"),
+    (pi_mnist_sweeps, "batch_sizes", "results/pi_mnist/batch_sizes"),
+    (pi_mnist_sweeps, "lr_search", "results/pi_mnist/lr_search"),
+    (attentive_reader_sweeps, "fig2", "results/attentive_reader/fig2"),
+    (attentive_reader_sweeps, "gain", "results/attentive_reader/gain"),
+    (attentive_reader_sweeps, "lr_search", "results/attentive_reader/lr_search"),
+])
+def test_committed_records_match_their_sweeps(sweeps, name, results_dir):
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), results_dir)
+    for run in sweeps.get_config(name).runs:
+        sweep.check_record(root, run["name"], dict(run["overrides"]))
