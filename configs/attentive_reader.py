@@ -57,7 +57,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Log the global gradient norm of every step (grad_norm_max per interval). Free here: the
     # gradient clipping computes it anyway.
     c.log_grad_norm = True
+    # float32 matmul precision for training and evaluation (jax.default_matmul_precision).
+    # "highest": true float32 products on every backend, so a record means the same on a CPU and
+    # a GPU; that is what a reproduction needs. "default" lets a GPU use TF32 (a 10-bit mantissa)
+    # and a TPU bfloat16 passes: faster there, but the numbers then depend on the backend (on a
+    # CPU both are float32). Recorded in config.json and provenance.json.
+    c.matmul_precision = "highest"
     c.seed = 0
+    # Several hosts: jax.distributed.initialize() reads the processes from the cluster
+    # environment (SLURM's srun, Open MPI, Kubernetes). Without a cluster manager, the drivers'
+    # --coordinator_address, --num_processes and --process_id name them instead (README).
     c.distributed = False
 
     if arg == "paper":

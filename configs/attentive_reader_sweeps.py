@@ -6,6 +6,10 @@
   gain       LN gain initialization 0.1, seeds 0-2 (sec. 6.2). Its 1.0 arm is fig2's lnlstm runs,
              which have exactly that config; the gain plot reads both directories.
   lr_search  The CPU profile's learning rate, chosen on the synthetic validation split.
+  long_lr_search
+             Every variant at each of 1e-3, 2e-3 and 4e-3 for 30k updates (seed 0, the cheap
+             LSTM and LN-LSTM first): the rate per variant, chosen on validation where the
+             curves have flattened, for the long runs.
 
   python -m experiments.sweep --sweep=configs/attentive_reader_sweeps.py:fig2 \
       --workdir_root=runs/attentive_reader/fig2 --results_dir=results/attentive_reader/fig2
@@ -22,6 +26,10 @@ VARIANTS = {  # name: overrides
 QUICK_UPDATES, QUICK_EVAL_EVERY = 1000, 200
 # Around the CPU profile's 2e-3; 2000 updates is where the quick profile's readers leave chance.
 LR_SEARCH_RATES, LR_SEARCH_UPDATES = (1e-3, 2e-3, 4e-3), 2000
+
+
+# Long enough for the validation curves to flatten on the CPU profile's corpus.
+LONG_UPDATES, LONG_EVAL_EVERY = 30_000, 500
 
 
 def _run(name, **overrides):
@@ -44,12 +52,20 @@ def lr_search_runs():
             for lr in LR_SEARCH_RATES for variant in ("lstm", "lnlstm")]
 
 
+def long_lr_search_runs():
+    return [_run(f"{variant}_lr{lr:g}", learning_rate=lr, num_updates=LONG_UPDATES,
+                 eval_every=LONG_EVAL_EVERY, **VARIANTS[variant])
+            for variant in ("lnlstm", "lstm", "bnlstm", "bn_everywhere")
+            for lr in LR_SEARCH_RATES]
+
+
 SWEEPS = {
     "fig2": fig2_runs,
     "quick": lambda: fig2_runs(seeds=(0,), num_updates=QUICK_UPDATES,
                                eval_every=QUICK_EVAL_EVERY),
     "gain": gain_runs,
     "lr_search": lr_search_runs,
+    "long_lr_search": long_lr_search_runs,
 }
 
 

@@ -55,8 +55,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # default: its extra pass over the gradients costs ~25% of a batch-4 step (README,
     # Benchmarks); on or off, training is the same.
     c.log_grad_norm = False
+    # float32 matmul precision for training and evaluation (jax.default_matmul_precision).
+    # "highest": true float32 products on every backend, so a record means the same on a CPU and
+    # a GPU; that is what a reproduction needs. "default" lets a GPU use TF32 (a 10-bit mantissa)
+    # and a TPU bfloat16 passes: faster there, but the numbers then depend on the backend (on a
+    # CPU both are float32). Recorded in config.json and provenance.json.
+    c.matmul_precision = "highest"
     c.seed = 0
-    # Multi-host: call jax.distributed.initialize() before training (one process per host).
+    # Several hosts: jax.distributed.initialize() reads the processes from the cluster
+    # environment (SLURM's srun, Open MPI, Kubernetes). Without a cluster manager, the drivers'
+    # --coordinator_address, --num_processes and --process_id name them instead (README).
     c.distributed = False
 
     if arg:

@@ -37,6 +37,9 @@ _PUBLISH_ONLY = flags.DEFINE_bool("publish_only", False, "Copy the records of ev
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands without running them.")
 _ONLY = flags.DEFINE_string("only", None, "Run only the runs whose name matches this regular "
                             "expression (re.search), e.g. 'bs128' or 'seed0$'.")
+_SHARD = flags.DEFINE_string("shard", None, "INDEX/COUNT: run only every COUNT-th run, starting "
+                             "at INDEX (0-based), to split a sweep over machines, e.g. "
+                             "--shard=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.")
 flags.mark_flags_as_required(["sweep", "workdir_root", "results_dir"])
 
 
@@ -78,10 +81,13 @@ def is_finished(results_dir: str, name: str) -> bool:
 
 
 def publish(workdir: str, results_dir: str, name: str) -> None:
-    """Copies the run's record (not its checkpoints) into results_dir/name."""
+    """Copies the run's record (config.json, metrics.jsonl, provenance.json; not its
+    checkpoints) into results_dir/name."""
     target = os.path.join(results_dir, name)
     os.makedirs(target, exist_ok=True)
-    for filename in (metrics.CONFIG_FILE, metrics.METRICS_FILE):
+    for filename in metrics.RECORD_FILES:
+        if not os.path.exists(os.path.join(workdir, filename)):
+            continue  # provenance.json: absent from workdirs made before it was kept
         shutil.copyfile(os.path.join(workdir, filename), os.path.join(target, filename + ".tmp"))
         os.replace(os.path.join(target, filename + ".tmp"), os.path.join(target, filename))
 
@@ -97,11 +103,26 @@ def select_runs(runs, only: str | None) -> list:
     return selected
 
 
+def shard_runs(runs, shard: str | None) -> list:
+    """The runs of shard 'INDEX/COUNT': every COUNT-th run from INDEX on (all when None). The
+    shards of one COUNT cover every run once, so COUNT machines can share a sweep, each writing
+    its own runs' records."""
+    if shard is None:
+        return list(runs)
+    match = re.fullmatch(r"(\d+)/(\d+)", shard)
+    if not match or not int(match[1]) < int(match[2]):
+        raise ValueError(f"--shard={shard!r}: expected INDEX/COUNT with 0 <= INDEX < COUNT, "
+                         f"e.g. 0/4.")
+    index, count = int(match[1]), int(match[2])
+    return list(runs)[index::count]
+
+
 def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False,
-              only: str | None = None) -> list[str]:
-    """Runs every unfinished run (matching `only`) in order; returns the names of those it ran."""
+              only: str | None = None, shard: str | None = None) -> list[str]:
+    """Runs every unfinished run (matching `only`, in `shard`) in order; returns the names of
+    those it ran."""
     ran = []
-    runs = select_runs(sweep.runs, only)
+    runs = shard_runs(select_runs(sweep.runs, only), shard)
     for index, run in enumerate(runs):
         name = run["name"]
         check_record(results_dir, name, dict(run["overrides"]))
@@ -143,7 +164,7 @@ def main(argv):
                                                   _RESULTS_DIR.value))
         return
     run_sweep(_SWEEP.value, _WORKDIR_ROOT.value, _RESULTS_DIR.value, _DRY_RUN.value,
-              _ONLY.value)
+              _ONLY.value, _SHARD.value)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from absl import logging
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+PROVENANCE_FILE = "provenance.json"
+RECORD_FILES = (CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE)
 
 
 class WorkdirConfigMismatch(ValueError):
@@ -90,6 +92,25 @@ def append_metrics(workdir: str, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def read_provenance(workdir: str) -> list[dict[str, Any]]:
+    """The run's provenance entries, one per start or resume ([] for records made before
+    provenance was kept)."""
+    path = os.path.join(workdir, PROVENANCE_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
+def append_provenance(workdir: str, first_round: int, entry: dict[str, Any]) -> None:
+    """Records what (re)started the run at `first_round`. Entries of earlier starts at that round
+    or later are dropped, as their rounds are recomputed (see truncate_metrics)."""
+    kept = [e for e in read_provenance(workdir) if e["first_round"] < first_round]
+    kept.append({"first_round": first_round, **entry})
+    _atomic_write(os.path.join(workdir, PROVENANCE_FILE),
+                  json.dumps(kept, indent=2, default=_json_default) + "\n")
+
+
 def _atomic_write(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -103,6 +124,8 @@ class RunRecord:
     name: str
     config: dict[str, Any]
     rows: list[dict[str, Any]]
+    # One entry per start or resume (lnrepro/provenance.py); empty for older records.
+    provenance: tuple[dict[str, Any], ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -115,10 +138,34 @@ class RunRecord:
             self.config["num_updates"] // self.config["eval_every"])
         return last["round"] + 1 == total
 
+    @property
+    def made_by(self) -> str:
+        """What produced the record (provenance_label of each start, ' then ' between them)."""
+        labels = list(dict.fromkeys(provenance_label(e) for e in self.provenance))
+        return " then ".join(labels) if labels else provenance_label(None)
+
     def series(self, key: str, x: str = "round") -> tuple[list[float], list[float]]:
         """(x values, key values) over the rows that have `key`."""
         rows = [r for r in self.rows if r.get(key) is not None]
         return [r[x] for r in rows], [r[key] for r in rows]
+
+
+def provenance_label(entry: dict[str, Any] | None) -> str:
+    """A short name for what made a run, e.g. '962e2ca+dirty cpu highest' (commit, backend,
+    matmul precision); 'unrecorded' for records made before provenance was kept."""
+    if not entry:
+        return "unrecorded"
+    commit = (entry.get("commit") or "no-git")[:7] + ("+dirty" if entry.get("dirty") else "")
+    return f"{commit} {entry.get('backend')} {entry.get('matmul_precision')}"
+
+
+def provenance_note(records: Iterable[RunRecord]) -> str:
+    """One line for under a table: how many of its records each code/backend/precision made."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.made_by] = counts.get(record.made_by, 0) + 1
+    parts = [f"{label} ({n} run{'s' if n > 1 else ''})" for label, n in sorted(counts.items())]
+    return "Made by (commit, backend, matmul precision): " + "; ".join(parts) + "."
 
 
 def load_run(run_dir: str, name: str | None = None) -> RunRecord | None:
@@ -126,7 +173,10 @@ def load_run(run_dir: str, name: str | None = None) -> RunRecord | None:
     if not os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
         return None
     rows = read_metrics(run_dir)
-    return RunRecord(name or run_dir, read_config(run_dir), rows) if rows else None
+    if not rows:
+        return None
+    return RunRecord(name or run_dir, read_config(run_dir), rows,
+                     tuple(read_provenance(run_dir)))
 
 
 def load_runs(results_dir: str) -> list[RunRecord]:

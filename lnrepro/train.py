@@ -29,10 +29,18 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lnrepro import checkpoints, metrics
+from lnrepro import checkpoints, metrics, provenance
 
 Batch = dict[str, jax.Array]
 DATA_AXIS = "data"
+# jax.default_matmul_precision's values (config.matmul_precision; see configs/pi_mnist.py).
+MATMUL_PRECISIONS = ("highest", "float32", "high", "tensorfloat32", "default", "bfloat16")
+
+
+def check_matmul_precision(value: str) -> None:
+    if value not in MATMUL_PRECISIONS:
+        raise ValueError(f"config.matmul_precision must be one of {MATMUL_PRECISIONS}, got "
+                         f"{value!r}.")
 
 
 class TrainState(train_state.TrainState):
@@ -171,14 +179,25 @@ def make_run_chunk(task: Task, mesh: jax.sharding.Mesh, log_grad_norm: bool = Tr
     return jax.jit(run_chunk, donate_argnums=(0,))
 
 
+def put_global(tree: Any, sharding: NamedSharding) -> Any:
+    """Host arrays -> global arrays with `sharding`. Every process holds the whole value (the
+    data pipeline is deterministic), so each fills in only the shards of its own devices: this is
+    also what works under several processes (jax.distributed), where device_put cannot reach the
+    other hosts' devices."""
+    def put(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree.map(put, tree)
+
+
 def shard_chunk(chunk: Any, mesh: jax.sharding.Mesh) -> Any:
     """Puts a host chunk [steps, batch, ...] on the devices, batch axis split over `data`."""
-    sharding = NamedSharding(mesh, P(None, DATA_AXIS))
-    return jax.device_put(chunk, sharding)
+    return put_global(chunk, NamedSharding(mesh, P(None, DATA_AXIS)))
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """A copy of `tree` on every device of the mesh (all processes')."""
+    return put_global(tree, NamedSharding(mesh, P()))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -198,15 +217,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        build_task: Callable[[ml_collections.ConfigDict], Task]) -> list[dict]:
     """Trains and evaluates as `config` says, recording everything in `workdir`.
 
-    Returns the metric rows of the whole run (including rounds done before a resume).
+    Every float32 matmul runs at config.matmul_precision. Under jax.distributed every process
+    trains (data-parallel over all hosts' devices) and only process 0 writes the record.
+    Returns the metric rows of the whole run (including rounds done before a resume); a process
+    other than 0 returns the rows it computed.
     """
+    with jax.default_matmul_precision(config.matmul_precision):
+        return _train_and_evaluate(config, workdir, build_task)
+
+
+def _train_and_evaluate(config, workdir, build_task):
     task = build_task(config)  # first: a run that cannot start (no data) leaves no record
-    # A resumed run may move its data or change what it logs, not what it trains.
-    metrics.write_config(workdir, config.to_dict(), ignore=("data_dir", "log_grad_norm"))
     mesh = make_mesh()
     if task.examples_per_step % mesh.size:
         raise ValueError(f"batch size {task.examples_per_step} must be divisible by the "
                          f"{mesh.size} devices of the data-parallel mesh.")
+    writes_record = jax.process_index() == 0
+    if writes_record:
+        # A resumed run may move its data or change what it logs, not what it trains.
+        metrics.write_config(workdir, config.to_dict(), ignore=("data_dir", "log_grad_norm"))
 
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     state = replicate(create_train_state(init_rng, task.model, task.init_batch,
@@ -214,15 +243,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager = checkpoints.make_manager(workdir)
     last_round, state = checkpoints.restore_latest(manager, state)
     first_round = 0 if last_round is None else last_round + 1
-    metrics.truncate_metrics(workdir, first_round - 1)
+    if writes_record:
+        metrics.truncate_metrics(workdir, first_round - 1)
+        metrics.append_provenance(workdir, first_round,
+                                  provenance.collect(config.matmul_precision))
     if first_round:
         logging.info("Resuming %s after %s %d.", workdir, task.round_name, first_round)
 
     device_data = replicate(task.device_data, mesh)
     log_grad_norm = config.get("log_grad_norm", True)
     run_chunk = make_run_chunk(task, mesh, log_grad_norm)
-    jit_eval_step = jax.jit(eval_step)
+    replicated = NamedSharding(mesh, P())
+    jitted_eval_step = jax.jit(eval_step)
+    # Evaluation batches come from the host; place them on every device of the mesh (a host
+    # array cannot be mixed with global arrays under several processes).
+    jit_eval_step = lambda state, batch: jitted_eval_step(state, put_global(batch, replicated))
     progress = metrics.Progress(task.num_rounds, first_round)
+    rows = []  # this process's rows (the record's when it writes none)
     for round_index in range(first_round, task.num_rounds):
         start = time.time()
         step_metrics = []
@@ -245,8 +282,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         row.update(task.evaluate(state, jit_eval_step))
         row["examples_per_sec"] = len(step_metrics["loss"]) * task.examples_per_step / train_seconds
         row["round_seconds"] = time.time() - start
-        metrics.append_metrics(workdir, row)
+        if writes_record:
+            metrics.append_metrics(workdir, row)
         progress.log(round_index, row)
         checkpoints.save(manager, round_index, state)
+        rows.append(row)
     manager.close()
-    return metrics.read_metrics(workdir)
+    return metrics.read_metrics(workdir) if writes_record else rows

@@ -11,7 +11,6 @@ since their final error is not comparable.
 
 from __future__ import annotations
 
-import os
 
 import matplotlib
 
@@ -23,7 +22,7 @@ from absl import app, flags
 FLAGS = flags.FLAGS  # flags are defined under __main__, so these modules import cleanly
 
 from lnrepro import metrics
-from scripts.plot_curves import COLORS, LABELS
+from scripts.plot_curves import save_figure, COLORS, LABELS
 
 NORM_ORDER = ("none", "batch", "layer", "weight")
 
@@ -63,11 +62,7 @@ def plot(records: list[metrics.RunRecord], out: str) -> str:
     ax.set_title(f"pi-MNIST, equal examples seen ({', '.join(map(str, epochs))} epochs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, records, out)
 
 
 def table(records: list[metrics.RunRecord]) -> str:

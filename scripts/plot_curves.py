@@ -53,6 +53,18 @@ def plot_panel(ax, groups, batch_size: int, key: str, x: str, log_y: bool, ylabe
     ax.legend(fontsize=8)
 
 
+def save_figure(fig, records: list[metrics.RunRecord], out: str) -> str:
+    """Writes `fig` to `out` with a footer saying what made its records (commit, backend, matmul
+    precision), so figures from records of different code can be told apart."""
+    fig.text(0.01, 0.005, metrics.provenance_note(records), fontsize=6, color="0.4",
+             va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_fig6(records: list[metrics.RunRecord], out: str, x: str = "epoch") -> str:
     groups = metrics.group_runs(records, ("norm", "batch_size"))
     batch_sizes = [bs for bs in (128, 4) if any(k[1] == bs for k in groups)]
@@ -64,11 +76,7 @@ def plot_fig6(records: list[metrics.RunRecord], out: str, x: str = "epoch") -> s
         plot_panel(axes[2 * i], groups, bs, "train_nll", x, True, "training NLL")
         plot_panel(axes[2 * i + 1], groups, bs, "test_error", x, False, "test error (%)")
     fig.suptitle("Permutation-invariant MNIST, 784-1000-1000-10 (cf. Ba et al. 2016, Fig. 6)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, records, out)
 
 
 def main(argv):

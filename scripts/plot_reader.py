@@ -13,7 +13,6 @@ Validation error vs training updates, mean over seeds with the min-max spread sh
 
 from __future__ import annotations
 
-import os
 
 import matplotlib
 
@@ -25,7 +24,7 @@ from absl import app, flags
 FLAGS = flags.FLAGS  # flags are defined under __main__, so these modules import cleanly
 
 from lnrepro import metrics
-from scripts.plot_curves import mean_and_spread
+from scripts.plot_curves import save_figure, mean_and_spread
 
 VARIANTS = {  # (cell, bn_everywhere): (label, color)
     ("lstm", False): ("LSTM", "tab:gray"),
@@ -70,11 +69,7 @@ def plot(records, out: str, gain: bool = False) -> str:
     ax.legend(fontsize=8)
     ax.set_title("Attentive reader, synthetic cloze corpus"
                  + (": LN gain initialization" if gain else " (cf. Ba et al. 2016, Fig. 2)"))
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, records, out)
 
 
 def first_step_below(run: metrics.RunRecord, target: float) -> int | None:

@@ -66,7 +66,8 @@ def tables_and_figures(results: str = RESULTS, write_figures: bool = True) -> di
     reader_lr = load("attentive_reader", "lr_search")
 
     def guarded(records, make_table: Callable[[], str]) -> str:
-        return make_table() if records else NO_RUNS
+        """The table with a line under it saying what made its records, or NO_RUNS."""
+        return f"{make_table()}\n\n{metrics.provenance_note(records)}" if records else NO_RUNS
 
     if write_figures and fig6:
         plot_curves.plot_fig6(fig6, path("pi_mnist_fig6.png"))

@@ -6,3 +6,8 @@ import os
 # 40% off the suite on 2 cores). Numbers stay IEEE float32; benchmarks never run with this.
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
+
+# The float64-reference tests need true float32 matmuls. A GPU's default is TF32 (a 10-bit
+# mantissa), which misses their tolerances; pin "highest" so the suite means the same on every
+# backend. Subprocesses started by the tests inherit it.
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"

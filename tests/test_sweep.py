@@ -1,6 +1,5 @@
 """The sweep runner: command lines, finished-run detection, publishing records."""
 
-import json
 import os
 import sys
 
@@ -91,6 +90,18 @@ def test_only_selects_runs_by_name_and_rejects_a_pattern_that_matches_nothing():
     assert len(sweep.select_runs(runs, None)) == 18
     with pytest.raises(ValueError, match="matches none of the sweep's runs"):
         sweep.select_runs(runs, "bs512")
+
+
+def test_shards_split_a_sweep_over_machines_each_run_once():
+    runs = pi_mnist_sweeps.get_config("fig6").runs
+    shards = [sweep.shard_runs(runs, f"{i}/4") for i in range(4)]
+    names = sorted(r["name"] for shard in shards for r in shard)
+    assert names == sorted(r["name"] for r in runs)
+    assert [len(shard) for shard in shards] == [5, 5, 4, 4]
+    assert sweep.shard_runs(runs, None) == list(runs)
+    for bad in ("4/4", "1", "a/b", "-1/2"):
+        with pytest.raises(ValueError, match="INDEX/COUNT"):
+            sweep.shard_runs(runs, bad)
 
 
 @pytest.mark.parametrize("sweeps, name, results_dir", [

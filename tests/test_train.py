@@ -105,7 +105,8 @@ def test_full_tiny_run_writes_config_metrics_and_checkpoints(tiny, tmp_path):
     data_dir, load_split = tiny
     config = small_config(data_dir, norm="layer")
     rows = train.train_and_evaluate(config, str(tmp_path), build(load_split))
-    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "metrics.jsonl",
+                                            "provenance.json"]
     assert metrics.read_config(str(tmp_path))["norm"] == "layer"
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     steps_per_epoch = 256 // 16
@@ -145,6 +146,8 @@ def test_killed_run_resumes_to_the_same_metrics(tiny, tmp_path):
         f.write(json.dumps({"round": 2, "epoch": 3, "stale": True}) + "\n")
     resumed = train.train_and_evaluate(config, workdir, build(load_split))
     assert without_timing(resumed) == without_timing(straight)
+    # Provenance says what made each part: the first start (rounds 0-1) and the resume.
+    assert [p["first_round"] for p in metrics.read_provenance(workdir)] == [0, 2]
 
 
 def test_resume_with_a_different_config_is_refused(tiny, tmp_path):
@@ -197,11 +200,53 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
                                  build_poisoned)
 
 
+def test_a_short_config_run_twice_gives_identical_metrics(tiny, tmp_path):
+    """The same config in two fresh workdirs trains identically (data order, dropout and init all
+    come from the seed), for BN at batch 4 (n - 1 variance, population statistics) and with the
+    gradient-norm log on or off: two records of one config can only differ by what made them."""
+    data_dir, load_split = tiny
+    run = lambda name, log: without_timing(train.train_and_evaluate(
+        small_config(data_dir, norm="batch", batch_size=4, num_epochs=2, log_grad_norm=log),
+        str(tmp_path / name), build(load_split)))
+    first, second, unlogged = run("first", True), run("second", True), run("unlogged", False)
+    assert first == second
+    assert [{k: v for k, v in r.items() if k != "grad_norm_max"} for r in first] == unlogged
+
+
+def test_record_says_what_made_it(tiny, tmp_path):
+    data_dir, load_split = tiny
+    seen_precision = []
+
+    def build_and_note_precision(config):
+        seen_precision.append(jax.config.jax_default_matmul_precision)
+        return build(load_split)(config)
+
+    config = small_config(data_dir, num_epochs=1, matmul_precision="float32")
+    train.train_and_evaluate(config, str(tmp_path), build_and_note_precision)
+    assert seen_precision == ["float32"]  # the whole run, the task's set-up included
+    (entry,) = metrics.read_provenance(str(tmp_path))
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    assert entry["commit"] == (head or None)
+    assert isinstance(entry["dirty"], bool) or entry["commit"] is None
+    assert entry["first_round"] == 0 and entry["matmul_precision"] == "float32"
+    assert entry["backend"] == jax.default_backend()
+    assert entry["device_kind"] == jax.devices()[0].device_kind
+    assert entry["device_count"] == jax.device_count() and entry["process_count"] == 1
+    assert entry["packages"]["jax"] == jax.__version__
+    assert entry["python"] and entry["started"].endswith("+00:00")
+    record = metrics.load_run(str(tmp_path))
+    assert record.made_by == f"{(head or 'no-git')[:7]}{'+dirty' if entry['dirty'] else ''} " \
+                             f"{jax.default_backend()} float32"
+    assert metrics.provenance_note([record]).endswith("float32 (1 run).")
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("norm", "group", "config.norm must be one of"),
     ("batch_size", 0, "config.batch_size must be >= 1"),
     ("learning_rate", -1.0, "config.learning_rate must be > 0"),
     ("bn_eval_statistics", "moving", "config.bn_eval_statistics must be one of"),
+    ("matmul_precision", "fast", "config.matmul_precision must be one of"),
 ])
 def test_bad_config_values_are_refused(key, value, message):
     config = pi_mnist_config.get_config()
@@ -272,14 +317,21 @@ print(json.dumps({"devices": jax.device_count(), "row": rows[-1]}))
 """
 
 
+def cpu_devices_env(devices: int) -> dict[str, str]:
+    """Environment for a subprocess with `devices` CPU devices: the CPU platform forced (a GPU
+    machine would otherwise run on its GPU), the caller's XLA_FLAGS and PYTHONPATH extended."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+    return {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip(), "PYTHONPATH": path}
+
+
 def test_sharded_training_matches_one_device(tiny, tmp_path):
     """Two CPU devices, the batch split over them: BN's statistics still cover the global batch,
     so the run matches a one-device run."""
     data_dir, _ = tiny
     outputs = {}
     for devices in (1, 2):
-        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-               "PYTHONPATH": REPO}
+        env = cpu_devices_env(devices)
         result = subprocess.run([sys.executable, "-c", SHARDED_RUN, data_dir,
                                  str(tmp_path / f"d{devices}")], cwd=REPO, capture_output=True,
                                 text=True, env={**os.environ, **env}, timeout=300)

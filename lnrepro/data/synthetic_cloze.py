@@ -51,12 +51,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import hashlib
 import json
 import os
 import random
+import shutil
+import tempfile
 from typing import Sequence
 
+from lnrepro import locking
 from lnrepro.data import cloze
 
 
@@ -255,22 +259,50 @@ def write_corpus(out_dir: str | os.PathLike, config: SyntheticConfig) -> str:
     out_dir (the builder's manual_dir).
 
     Idempotent: if out_dir already holds a corpus written with the same config, nothing is
-    written; a different config there is an error (files of two configs must not mix).
+    written; a different config there is an error (files of two configs must not mix). Safe
+    under concurrency: one process writes (under a lock beside out_dir), into a temporary
+    directory renamed to out_dir when complete, so the others wait and then find the whole
+    corpus, and a writer killed halfway leaves nothing at out_dir.
     """
-    out_dir = os.fspath(out_dir)
-    config_path = os.path.join(out_dir, CONFIG_FILE)
+    out_dir = os.path.abspath(os.fspath(out_dir))
     wanted = dataclasses.asdict(config)
-    questions_dir = os.path.join(out_dir, cloze.QUESTIONS_SUBDIR)
+    with locking.exclusive(f'{out_dir}.lock', 'writing the synthetic corpus'):
+        if _check_existing(out_dir, wanted):
+            return out_dir
+        for leftover in glob.glob(f'{out_dir}.incomplete-*'):  # a killed writer's
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=f'{os.path.basename(out_dir)}.incomplete-',
+                               dir=os.path.dirname(out_dir))
+        try:
+            _write_files(tmp, config)
+            with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
+                json.dump(wanted, f, indent=1, sort_keys=True)
+            os.rename(tmp, out_dir)  # fails if out_dir exists: nothing is ever mixed
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _check_existing(out_dir: str, wanted: dict) -> bool:
+    """True if out_dir holds the wanted corpus, False if there is none; raises otherwise."""
+    config_path = os.path.join(out_dir, CONFIG_FILE)
     if os.path.exists(config_path):
         with open(config_path) as f:
             found = json.load(f)
         if found != wanted:
             raise FileExistsError(f'{out_dir} holds a synthetic corpus of another config {found}; '
                                   f'use another directory for {wanted}')
-        return out_dir
-    if os.path.exists(questions_dir):
-        raise FileExistsError(f'{questions_dir} exists without {CONFIG_FILE}; refusing to mix '
+        return True
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f'{out_dir} exists without {CONFIG_FILE}; refusing to mix '
                               'corpora. Use an empty directory.')
+    if os.path.exists(out_dir):
+        os.rmdir(out_dir)  # empty: make room for the rename
+    return False
+
+
+def _write_files(root: str, config: SyntheticConfig) -> None:
+    questions_dir = os.path.join(root, cloze.QUESTIONS_SUBDIR)
     for split, directory in cloze.SPLIT_DIRS.items():
         split_dir = os.path.join(questions_dir, directory)
         os.makedirs(split_dir)
@@ -280,10 +312,6 @@ def write_corpus(out_dir: str | os.PathLike, config: SyntheticConfig) -> str:
             with open(os.path.join(split_dir, hashlib.sha1(data).hexdigest() + '.question'),
                       'wb') as f:
                 f.write(data)
-    # Written last: its presence means the corpus is complete.
-    with open(config_path, 'w') as f:
-        json.dump(wanted, f, indent=1, sort_keys=True)
-    return out_dir
 
 
 def frequency_baseline(questions: Sequence[cloze.ClozeQuestion]) -> float:

@@ -50,6 +50,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    train.check_matmul_precision(config.matmul_precision)
     return config
 
 

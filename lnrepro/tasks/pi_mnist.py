@@ -47,6 +47,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         raise ValueError(f"config.batch_size must be >= 1, got {config.batch_size}.")
     if config.norm == "batch" and config.batch_size < 2:
         raise ValueError("batch norm needs config.batch_size >= 2: one example has no variance.")
+    train.check_matmul_precision(config.matmul_precision)
     if config.num_epochs < 1:
         raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
     if config.bn_eval_statistics not in mlp.BN_EVAL_STATISTICS:

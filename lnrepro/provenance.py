@@ -1,0 +1,70 @@
+"""What made a run: the code, the libraries, the machine and the numerics.
+
+`collect` describes the current process; the trainer appends it to the workdir's
+provenance.json each time a run starts or resumes (see `metrics.append_provenance`), so a record
+says which commit, library versions, device and matmul precision produced each of its rounds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import subprocess
+from typing import Any
+
+import jax
+
+# The libraries whose versions can change a run's numbers or its record.
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint",
+            "tensorflow-datasets", "ml_collections")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """name -> installed version (None when not installed)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(repo: str = REPO) -> dict[str, Any]:
+    """{'commit': full hash or None, 'dirty': tracked files changed since it (None if unknown)}.
+
+    None when the code does not sit in a git checkout (an installed copy) or git is missing.
+    """
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
+                                    timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def collect(matmul_precision: str) -> dict[str, Any]:
+    """The provenance of a run started now in this process (call after jax.distributed)."""
+    devices = jax.devices()
+    return {
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **git_state(),
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+        "matmul_precision": matmul_precision,
+    }
