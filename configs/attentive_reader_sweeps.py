@@ -74,6 +74,7 @@ def get_config(name: str) -> config_dict.ConfigDict:
         raise KeyError(f"unknown sweep {name!r}; choose one of {sorted(SWEEPS)}.")
     return config_dict.ConfigDict({
         "driver": "experiments.attentive_reader",
+        "task": "lnrepro.tasks.attentive_reader",
         "base_config": "configs/attentive_reader.py",
         "runs": SWEEPS[name](),
     })

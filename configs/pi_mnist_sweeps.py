@@ -59,6 +59,7 @@ def get_config(name: str) -> config_dict.ConfigDict:
         raise KeyError(f"unknown sweep {name!r}; choose one of {sorted(SWEEPS)}.")
     return config_dict.ConfigDict({
         "driver": "experiments.pi_mnist",
+        "task": "lnrepro.tasks.pi_mnist",
         "base_config": "configs/pi_mnist.py",
         "runs": SWEEPS[name](),
     })

@@ -1,7 +1,12 @@
 """What every driver does: define --config, --workdir and the multi-process flags, set up logging
 (and jax.distributed when asked), resolve the config and hand it to the one trainer."""
 
+import contextlib
+import importlib.util
 import logging as py_logging
+import os
+import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
@@ -39,6 +44,46 @@ def setup_runtime(config, coordinator_address: str | None = None,
                  jax.process_count())
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config_file(spec: str):
+    """'configs/pi_mnist.py[:arg]' -> that file's get_config(arg), as --config loads it (a
+    relative path is taken from the current directory, else from the repository root)."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isabs(path) and not os.path.exists(path):
+        path = os.path.join(REPO, path)
+    module_spec = importlib.util.spec_from_file_location("lnrepro_config_file", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def unknown_overrides(argv: list[str]) -> str | None:
+    """A message naming the --config.KEY flags of argv that the config file does not have
+    (ml_collections would stop with a bare AttributeError), or None."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if spec is None or not keys:
+        return None
+    try:
+        config = load_config_file(spec)
+    except Exception:  # noqa: BLE001 - the flag parser reports a broken config file itself
+        return None
+    unknown = []
+    for key in keys:
+        node = config
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                unknown.append(key)
+                break
+            node = node[part]
+    if not unknown:
+        return None
+    return (f"unknown setting(s) {', '.join('config.' + k for k in unknown)} for {spec}; "
+            f"its settings are: {', '.join(sorted(config.keys()))}.")
+
+
 def run(task_module, config_help: str) -> None:
     """Defines the flags, then trains `task_module`'s experiment as configured.
 
@@ -59,9 +104,31 @@ def run(task_module, config_help: str) -> None:
 
     def main(argv):
         del argv
-        setup_runtime(config_flag.value, coordinator_flag.value, num_processes_flag.value,
-                      process_id_flag.value)
-        config = task_module.resolve_config(config_flag.value)
-        train.train_and_evaluate(config, workdir_flag.value, task_module.build_task)
+        with errors_last():
+            config = task_module.resolve_config(config_flag.value)  # before anything runs
+            setup_runtime(config, coordinator_flag.value, num_processes_flag.value,
+                          process_id_flag.value)
+            train.train_and_evaluate(config, workdir_flag.value, task_module.build_task)
 
+    problem = unknown_overrides(sys.argv[1:])
+    if problem:
+        sys.exit(f"Error: {problem}")
     app.run(main)
+
+
+@contextlib.contextmanager
+def errors_last():
+    """On an error, print its traceback and message and exit at once with status 1.
+
+    A normal exit would then shut down JAX's and orbax's threads and event loops, which print
+    screens of secondary tracebacks (`sys.meta_path is None`, `Event loop is closed`) below the
+    real error; exiting here keeps the error the last thing on the screen.
+    """
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - every error ends the run the same way
+        traceback.print_exc()
+        print(f"\nError: {type(error).__name__}: {error}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

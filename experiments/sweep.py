@@ -3,7 +3,8 @@
   python -m experiments.sweep --sweep=configs/pi_mnist_sweeps.py:fig6 \
       --workdir_root=runs/pi_mnist --results_dir=results/pi_mnist
 
-A sweep file's `get_config(name)` returns {'driver', 'base_config', 'runs': [{'name', 'overrides'}]}.
+A sweep file's `get_config(name)` returns {'driver', 'task', 'base_config', 'runs': [{'name',
+'overrides'}]}; 'task' is the module whose resolve_config fills in a run's whole config.
 The sweep copies each run's config.json and metrics.jsonl to `<results_dir>/<name>/` when the
 driver exits, so those small files can be committed while checkpoints stay in the workdir. A run
 is finished when its record there holds every round it was configured for. An interrupted run
@@ -14,6 +15,7 @@ anything, so they can be committed before a session ends.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -25,6 +27,7 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import common
 from lnrepro import metrics
 
 _SWEEP = config_flags.DEFINE_config_file("sweep", None, "Sweep file, e.g. "
@@ -57,18 +60,27 @@ class StaleRecordError(ValueError):
     """A record in results_dir was made with other settings than the sweep now asks for."""
 
 
-def check_record(results_dir: str, name: str, overrides: dict[str, Any]) -> None:
-    """Refuses a record whose config disagrees with the run's overrides: skipping it as finished
-    (or pooling it in the tables) would report numbers for settings the sweep no longer runs."""
+def expected_config(sweep, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The whole config a run of the sweep trains with (defaults filled in by its task), as its
+    config.json would record it."""
+    config = common.load_config_file(sweep.base_config)
+    for key, value in overrides.items():
+        config[key] = value
+    task = importlib.import_module(sweep.task)
+    return metrics.as_json(task.resolve_config(config).to_dict())
+
+
+def check_record(results_dir: str, name: str, expected: dict[str, Any]) -> None:
+    """Refuses a record whose config differs from the run's whole config (`expected_config`)
+    in anything that changes training: skipping it as finished (or pooling it in the tables)
+    would report numbers for settings the sweep no longer runs."""
     record = metrics.load_run(os.path.join(results_dir, name))
     if record is None:
         return
-    as_json = lambda v: list(v) if isinstance(v, tuple) else v
-    differing = {k: (record.config.get(k), as_json(v)) for k, v in overrides.items()
-                 if record.config.get(k) != as_json(v)}
+    differing = metrics.config_differences(record.config, expected, metrics.RESUMABLE_CHANGES)
     if differing:
         details = ", ".join(f"{k}: record {old!r}, sweep {new!r}"
-                            for k, (old, new) in sorted(differing.items()))
+                            for k, (old, new) in differing.items())
         raise StaleRecordError(
             f"{os.path.join(results_dir, name)} holds a record made with other settings "
             f"({details}). Move that directory away to re-run it with the sweep's settings, or "
@@ -125,7 +137,7 @@ def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False,
     runs = shard_runs(select_runs(sweep.runs, only), shard)
     for index, run in enumerate(runs):
         name = run["name"]
-        check_record(results_dir, name, dict(run["overrides"]))
+        check_record(results_dir, name, expected_config(sweep, dict(run["overrides"])))
         if is_finished(results_dir, name):
             logging.info("[%d/%d] %s: finished, skipped.", index + 1, len(runs), name)
             continue

@@ -1,7 +1,8 @@
-"""An exclusive lock on a file, for work that one process at a time may do (building a dataset).
+"""Exclusive locks on files: one process at a time builds a dataset or writes a workdir.
 
-The lock is `flock` on an open file: the kernel releases it when its holder exits, killed or not,
-so a lock left behind by a dead process never blocks anyone.
+A lock is `flock` on an open file: the kernel releases it when its holder exits, killed or not,
+so a lock left behind by a dead process is recognised as stale by construction: it is simply
+free. A workdir's holder writes its pid into the file, for the message a second writer gets.
 """
 
 from __future__ import annotations
@@ -14,13 +15,33 @@ from typing import Iterator
 from absl import logging
 
 
+class LockedError(RuntimeError):
+    """Another live process holds the lock."""
+
+
+def _open(path: str) -> int:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 64, 0).decode().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _mark_held(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
 @contextlib.contextmanager
 def exclusive(path: str | os.PathLike, what: str = "this") -> Iterator[None]:
     """Holds an exclusive lock on `path` (created if missing) for the `with` block, waiting for
     another holder to finish first. `what` names the work in the message logged while waiting."""
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -30,3 +51,20 @@ def exclusive(path: str | os.PathLike, what: str = "this") -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def exclusive_or_fail(path: str | os.PathLike, busy_message: str) -> Iterator[None]:
+    """Like `exclusive`, but raises LockedError at once if a live process holds the lock;
+    `busy_message` may use {pid} for the holder's pid."""
+    path = os.fspath(path)
+    fd = _open(path)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(busy_message.format(pid=_holder(fd))) from None
+        _mark_held(fd)
+        yield
+    finally:
+        os.close(fd)

@@ -19,6 +19,15 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PROVENANCE_FILE = "provenance.json"
 RECORD_FILES = (CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE)
+# Settings that may differ between a run and its record without changing what it trains: where
+# the data lives, and a logged diagnostic (training is identical with it on or off).
+RESUMABLE_CHANGES = ("data_dir", "log_grad_norm")
+# Settings added after records were made, with the value those records ran with.
+# matmul_precision: every record made before it existed ran on the CPU, where every precision
+# computes true float32 products ("highest"; tests/test_train.py checks they train identically).
+LEGACY_DEFAULTS = {"matmul_precision": "highest"}
+# Metrics a row may lack although its round is complete (config.log_grad_norm may change).
+OPTIONAL_METRICS = ("grad_norm_max",)
 
 
 class WorkdirConfigMismatch(ValueError):
@@ -33,26 +42,44 @@ def _json_default(value: Any):
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
+def config_differences(old: dict[str, Any], new: dict[str, Any],
+                       ignore: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """key -> (old, new) for the settings two JSON configs disagree on, `ignore` aside. A key a
+    record made before it existed lacks counts as its LEGACY_DEFAULTS value."""
+    old = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k in new}, **old}
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k not in ignore and old.get(k) != new.get(k)}
+
+
+def as_json(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as config.json stores it (tuples as lists, numpy scalars as numbers)."""
+    return json.loads(json.dumps(config, default=_json_default, sort_keys=True))
+
+
+def check_config(workdir: str, config: dict[str, Any], *, ignore: Iterable[str] = ()) -> None:
+    """Raises WorkdirConfigMismatch if workdir's config.json (when there is one) differs from
+    `config` in anything but `ignore`."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    differing = config_differences(read_config(workdir), as_json(config), ignore)
+    if differing:
+        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differing.items())
+        raise WorkdirConfigMismatch(
+            f"{workdir} holds a run with a different config ({details}). Use a new --workdir, "
+            f"or delete {workdir} to start this run over.")
+
+
 def write_config(workdir: str, config: dict[str, Any], *, ignore: Iterable[str] = ()) -> None:
     """Writes config.json, or checks that a resumed run uses the same config.
 
     `ignore` names keys that may differ on resume (e.g. where the data lives).
     """
     os.makedirs(workdir, exist_ok=True)
+    check_config(workdir, config, ignore=ignore)
     path = os.path.join(workdir, CONFIG_FILE)
-    new = json.loads(json.dumps(config, default=_json_default, sort_keys=True))
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        differing = sorted(k for k in set(old) | set(new)
-                           if k not in ignore and old.get(k) != new.get(k))
-        if differing:
-            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing)
-            raise WorkdirConfigMismatch(
-                f"{workdir} holds a run with a different config ({details}). Use a new --workdir, "
-                f"or delete {workdir} to start this run over.")
-        return
-    _atomic_write(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+    if not os.path.exists(path):
+        _atomic_write(path, json.dumps(as_json(config), indent=2, sort_keys=True) + "\n")
 
 
 def read_config(workdir: str) -> dict[str, Any]:
@@ -128,15 +155,22 @@ class RunRecord:
     provenance: tuple[dict[str, Any], ...] = ()
 
     @property
+    def num_rounds(self) -> int:
+        """The rounds the run was configured for: epochs (pi-MNIST) or validation intervals
+        (the reader), from its config."""
+        if "num_epochs" in self.config:
+            return self.config["num_epochs"]
+        return self.config["num_updates"] // self.config["eval_every"]
+
+    @property
     def finished(self) -> bool:
-        """Every round the run was configured for is recorded."""
-        if not self.rows:
+        """Every round the run was configured for is recorded, once each, in order, with every
+        metric of the first round (a logged diagnostic aside), and every value is finite (a
+        non-finite value is written as null)."""
+        if [r["round"] for r in self.rows] != list(range(self.num_rounds)):
             return False
-        last = self.rows[-1]
-        # Records written before rows carried num_rounds: derive it from the config.
-        total = last.get("num_rounds") or self.config.get("num_epochs") or (
-            self.config["num_updates"] // self.config["eval_every"])
-        return last["round"] + 1 == total
+        required = set(self.rows[0]) - set(OPTIONAL_METRICS)
+        return all(required <= set(row) and None not in row.values() for row in self.rows)
 
     @property
     def made_by(self) -> str:
@@ -190,12 +224,30 @@ def load_runs(results_dir: str) -> list[RunRecord]:
     return records
 
 
+class MixedSettingsError(ValueError):
+    """Records that a table would pool as seeds of one setting differ in another setting."""
+
+
 def group_runs(records: Iterable[RunRecord], keys: tuple[str, ...]
                ) -> dict[tuple, list[RunRecord]]:
-    """Groups runs by the values of config `keys` (e.g. ('norm', 'batch_size')); seeds pool."""
+    """Groups runs by the values of config `keys` (e.g. ('norm', 'batch_size')); seeds pool.
+
+    Raises MixedSettingsError if two runs of a group differ in any setting but the seed (and
+    RESUMABLE_CHANGES): pooling them would report one setting's numbers for another's.
+    """
     groups: dict[tuple, list[RunRecord]] = {}
     for record in records:
         groups.setdefault(tuple(record.config.get(k) for k in keys), []).append(record)
+    for value, runs in groups.items():
+        for run in runs[1:]:
+            differing = config_differences(runs[0].config, run.config,
+                                           ignore=(*RESUMABLE_CHANGES, "seed", *keys))
+            if differing:
+                details = ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differing.items())
+                raise MixedSettingsError(
+                    f"records {runs[0].name} and {run.name} both have "
+                    f"{dict(zip(keys, value))} but differ in {details}: they are not seeds of "
+                    f"one setting. Move the stale record out of the results directory.")
     return groups
 
 

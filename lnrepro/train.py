@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from typing import Any, Callable, Iterable
 
@@ -29,20 +30,11 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lnrepro import checkpoints, metrics, provenance
+from lnrepro import checkpoints, locking, metrics, provenance
 
 Batch = dict[str, jax.Array]
 DATA_AXIS = "data"
-# jax.default_matmul_precision's values (config.matmul_precision; see configs/pi_mnist.py).
-MATMUL_PRECISIONS = ("highest", "float32", "high", "tensorfloat32", "default", "bfloat16")
-
-
-def check_matmul_precision(value: str) -> None:
-    if value not in MATMUL_PRECISIONS:
-        raise ValueError(f"config.matmul_precision must be one of {MATMUL_PRECISIONS}, got "
-                         f"{value!r}.")
-
-
+LOCK_FILE = ".lock"  # in the workdir, held for the whole run
 class TrainState(train_state.TrainState):
     """Params and optimizer state, plus BN's population statistics (None for LN and no-norm
     models: layer norm keeps no state)."""
@@ -201,16 +193,26 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a non-finite loss or gradient norm."""
+    """Training produced a non-finite loss, gradient norm or evaluation metric."""
 
 
-def _check_finite(step_metrics: dict[str, np.ndarray], round_index: int, workdir: str) -> None:
-    bad = [k for k, v in step_metrics.items() if not np.all(np.isfinite(v))]
+class RecordWithoutCheckpointError(RuntimeError):
+    """The workdir holds metrics of an unfinished run but no checkpoint to continue it from."""
+
+
+def _check_finite(values: dict[str, Any], round_index: int, round_name: str,
+                  workdir: str) -> None:
+    """Stops the run, naming the round, if any value (arrays of step metrics, or a row's
+    floats: a float32 sum can overflow although every step's loss is finite) is not finite."""
+    bad = [k for k, v in values.items()
+           if isinstance(v, (float, np.ndarray)) and not np.all(np.isfinite(v))]
     if bad:
+        last_good = (f"The last good checkpoint (after {round_name} {round_index}) is in "
+                     f"{workdir}/checkpoints; " if round_index else "No checkpoint was saved; ")
         raise NonFiniteLossError(
-            f"{' and '.join(bad)} stopped being finite in round {round_index + 1}. The last good "
-            f"checkpoint is in {workdir}/checkpoints; lower config.learning_rate (or set "
-            f"config.grad_clip_norm) and start a new workdir.")
+            f"{' and '.join(bad)} stopped being finite in {round_name} {round_index + 1}. "
+            f"{last_good}lower config.learning_rate (or set config.grad_clip_norm) and start a "
+            f"new workdir.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -219,23 +221,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     Every float32 matmul runs at config.matmul_precision. Under jax.distributed every process
     trains (data-parallel over all hosts' devices) and only process 0 writes the record.
+    A finished record is returned as it is, without writing (read-only workdirs work). Otherwise
+    one process at a time may write the workdir (a lock, released by the kernel if its holder
+    dies), and the run resumes from its newest checkpoint that verifies.
     Returns the metric rows of the whole run (including rounds done before a resume); a process
     other than 0 returns the rows it computed.
     """
+    existing = metrics.load_run(workdir)
+    if existing is not None and existing.finished:
+        metrics.check_config(workdir, config.to_dict(), ignore=metrics.RESUMABLE_CHANGES)
+        logging.info("%s holds a finished record; nothing to do.", workdir)
+        return existing.rows
     with jax.default_matmul_precision(config.matmul_precision):
-        return _train_and_evaluate(config, workdir, build_task)
+        task = build_task(config)  # first: a run that cannot start (no data) leaves no record
+        mesh = make_mesh()
+        if task.examples_per_step % mesh.size:
+            raise ValueError(f"batch size {task.examples_per_step} must be divisible by the "
+                             f"{mesh.size} devices of the data-parallel mesh.")
+        metrics.check_config(workdir, config.to_dict(), ignore=metrics.RESUMABLE_CHANGES)
+        if jax.process_index() != 0:  # process 0 holds the lock for all of them
+            return _train_and_evaluate(config, workdir, task, mesh)
+        with locking.exclusive_or_fail(
+                os.path.join(workdir, LOCK_FILE),
+                f"another process (pid {{pid}}) is training in {workdir}. Wait for it to finish "
+                f"or stop it; two writers would interleave one record."):
+            return _train_and_evaluate(config, workdir, task, mesh)
 
 
-def _train_and_evaluate(config, workdir, build_task):
-    task = build_task(config)  # first: a run that cannot start (no data) leaves no record
-    mesh = make_mesh()
-    if task.examples_per_step % mesh.size:
-        raise ValueError(f"batch size {task.examples_per_step} must be divisible by the "
-                         f"{mesh.size} devices of the data-parallel mesh.")
+def _train_and_evaluate(config, workdir: str, task: Task, mesh) -> list[dict]:
     writes_record = jax.process_index() == 0
-    if writes_record:
-        # A resumed run may move its data or change what it logs, not what it trains.
-        metrics.write_config(workdir, config.to_dict(), ignore=("data_dir", "log_grad_norm"))
 
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     state = replicate(create_train_state(init_rng, task.model, task.init_batch,
@@ -243,7 +257,18 @@ def _train_and_evaluate(config, workdir, build_task):
     manager = checkpoints.make_manager(workdir)
     last_round, state = checkpoints.restore_latest(manager, state)
     first_round = 0 if last_round is None else last_round + 1
+    recorded = metrics.read_metrics(workdir)
+    if last_round is None and recorded:
+        raise RecordWithoutCheckpointError(
+            f"{workdir} records {len(recorded)} {task.round_name}(s) of an unfinished run but "
+            f"holds no checkpoint to continue from. Move its {metrics.METRICS_FILE} away to "
+            f"start over there, or use a new --workdir.")
     if writes_record:
+        metrics.write_config(workdir, config.to_dict(), ignore=metrics.RESUMABLE_CHANGES)
+        dropped = [r["round"] + 1 for r in recorded if r["round"] >= first_round]
+        if dropped:
+            logging.warning("Dropping %s(s) %s of %s: recorded after the last checkpoint, they "
+                            "are recomputed.", task.round_name, dropped, metrics.METRICS_FILE)
         metrics.truncate_metrics(workdir, first_round - 1)
         metrics.append_provenance(workdir, first_round,
                                   provenance.collect(config.matmul_precision))
@@ -270,7 +295,7 @@ def _train_and_evaluate(config, workdir, build_task):
         step_metrics = {k: np.concatenate([np.asarray(m[k]) for m in step_metrics])
                         for k in step_metrics[0]}
         train_seconds = time.time() - start
-        _check_finite(step_metrics, round_index, workdir)
+        _check_finite(step_metrics, round_index, task.round_name, workdir)
 
         steps_done = int(state.step)
         row = {"round": round_index, "num_rounds": task.num_rounds,
@@ -282,6 +307,7 @@ def _train_and_evaluate(config, workdir, build_task):
         row.update(task.evaluate(state, jit_eval_step))
         row["examples_per_sec"] = len(step_metrics["loss"]) * task.examples_per_step / train_seconds
         row["round_seconds"] = time.time() - start
+        _check_finite(row, round_index, task.round_name, workdir)
         if writes_record:
             metrics.append_metrics(workdir, row)
         progress.log(round_index, row)

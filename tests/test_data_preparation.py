@@ -118,3 +118,19 @@ def test_build_once_builds_once(tmp_path):
     assert builds.build_once(FakeBuilder(), build) == FakeBuilder.data_path
     assert builds.build_once(FakeBuilder(), build) == FakeBuilder.data_path
     assert calls == [1]
+
+
+def test_the_advice_for_a_damaged_dataset_works_when_followed(tmp_path):
+    """dataset_info.json deleted: reading says to prepare the data, and preparing then rebuilds
+    it (TFDS alone would keep the damaged directory, and the same error would come back)."""
+    from lnrepro.data import mnist
+    from tests import tiny_data
+    data_dir = str(tmp_path)
+    config = tiny_data.make_tiny_mnist(data_dir)
+    path = mnist._builder(data_dir, config).data_path
+    os.remove(os.path.join(path, "dataset_info.json"))
+    with pytest.raises(mnist.DatasetNotFoundError, match="make data"):
+        mnist.load_split(data_dir, "train", config=config)
+    mnist.prepare(data_dir, config=config,
+                  source_path=os.path.join(data_dir, "tiny_mnist.pkl.gz"))
+    assert len(mnist.load_split(data_dir, "train", config=config)[1]) == 256

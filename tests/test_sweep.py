@@ -37,13 +37,20 @@ def test_only_complete_records_count_as_finished(tmp_path):
     assert not sweep.is_finished(str(tmp_path), "missing")
 
 
+def _plan(runs):
+    return config_dict.ConfigDict({"driver": "nonexistent.module",
+                                   "task": "lnrepro.tasks.pi_mnist",
+                                   "base_config": "configs/pi_mnist.py", "runs": runs})
+
+
 def test_sweep_skips_finished_runs_and_publish_only_copies_partial_ones(tmp_path):
-    runs = [{"name": "a", "overrides": {}}, {"name": "b", "overrides": {}}]
-    plan = config_dict.ConfigDict({"driver": "nonexistent.module", "base_config": "x.py",
-                                   "runs": runs})
+    runs = [{"name": "a", "overrides": {"num_epochs": 2}},
+            {"name": "b", "overrides": {"num_epochs": 2}}]
+    plan = _plan(runs)
     workdirs, results = tmp_path / "runs", tmp_path / "results"
-    _write_run(results / "a", 2, 2)
-    _write_run(results / "b", 2, 2)
+    full = sweep.expected_config(plan, {"num_epochs": 2})
+    _write_run(results / "a", 2, 2, full)
+    _write_run(results / "b", 2, 2, full)
     assert sweep.run_sweep(plan, str(workdirs), str(results)) == []  # nothing left to run
     _write_run(workdirs / "c", 5, 1)
     plan.runs = runs + [{"name": "c", "overrides": {}}]
@@ -53,17 +60,31 @@ def test_sweep_skips_finished_runs_and_publish_only_copies_partial_ones(tmp_path
 
 
 def test_a_record_made_with_other_settings_is_refused_not_skipped(tmp_path):
+    """The whole config counts, not only the run's overrides: a record with other hidden sizes
+    and learning rate, where the sweep overrides only the norm, is stale."""
     results = tmp_path / "results"
-    _write_run(results / "a", 2, 2, config={"num_epochs": 2, "norm": "layer",
-                                            "hidden_sizes": [32, 32], "learning_rate": 0.001})
-    same = {"norm": "layer", "hidden_sizes": (32, 32), "learning_rate": 1e-3}
-    plan = config_dict.ConfigDict({"driver": "nonexistent.module", "base_config": "x.py",
-                                   "runs": [{"name": "a", "overrides": same}]})
+    overrides = {"norm": "layer", "num_epochs": 2}
+    plan = _plan([{"name": "a", "overrides": overrides}])
+    full = sweep.expected_config(plan, overrides)
+    assert full["hidden_sizes"] == [1000, 1000] and full["learning_rate"] == 3e-4
+    _write_run(results / "a", 2, 2, full)
     assert sweep.run_sweep(plan, str(tmp_path / "runs"), str(results)) == []  # finished: skipped
-    plan.runs = [{"name": "a", "overrides": dict(same, learning_rate=3e-4)}]
+    stale = dict(full, hidden_sizes=[64, 64], learning_rate=1e-3)
+    _write_run(results / "stale", 2, 2, stale)
+    plan.runs = [{"name": "stale", "overrides": overrides}]
     with pytest.raises(sweep.StaleRecordError,
-                       match=r"learning_rate: record 0.001, sweep 0.0003\). Move that directory"):
+                       match=r"hidden_sizes: record \[64, 64\], sweep \[1000, 1000\], "
+                             r"learning_rate: record 0.001, sweep 0.0003\). Move that directory"):
         sweep.run_sweep(plan, str(tmp_path / "runs"), str(results))
+
+
+def test_where_the_data_lives_and_the_logged_diagnostic_do_not_make_a_record_stale(tmp_path):
+    plan = _plan([{"name": "a", "overrides": {"num_epochs": 2}}])
+    full = sweep.expected_config(plan, {"num_epochs": 2})
+    moved = dict(full, data_dir="/elsewhere", log_grad_norm=True)
+    del moved["matmul_precision"]  # a record made before the setting existed
+    _write_run(tmp_path / "a", 2, 2, moved)
+    sweep.check_record(str(tmp_path), "a", full)
 
 
 def test_sweep_files_list_unique_runs_in_priority_order():
@@ -115,4 +136,6 @@ def test_shards_split_a_sweep_over_machines_each_run_once():
 def test_committed_records_match_their_sweeps(sweeps, name, results_dir):
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), results_dir)
     for run in sweeps.get_config(name).runs:
-        sweep.check_record(root, run["name"], dict(run["overrides"]))
+        sweep.check_record(root, run["name"],
+                           sweep.expected_config(sweeps.get_config(name),
+                                                 dict(run["overrides"])))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,17 +15,9 @@ import pytest
 from configs import pi_mnist as pi_mnist_config
 from lnrepro import metrics, train
 from lnrepro.tasks import pi_mnist
-from tests import tiny_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_KEYS = ("examples_per_sec", "round_seconds")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tiny_mnist"))
-    config = tiny_data.make_tiny_mnist(data_dir)
-    return data_dir, tiny_data.tiny_loader(data_dir, config)
 
 
 def small_config(data_dir, **overrides):
@@ -105,8 +98,8 @@ def test_full_tiny_run_writes_config_metrics_and_checkpoints(tiny, tmp_path):
     data_dir, load_split = tiny
     config = small_config(data_dir, norm="layer")
     rows = train.train_and_evaluate(config, str(tmp_path), build(load_split))
-    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "metrics.jsonl",
-                                            "provenance.json"]
+    assert sorted(os.listdir(tmp_path)) == [".lock", "checkpoints", "config.json",
+                                            "metrics.jsonl", "provenance.json"]
     assert metrics.read_config(str(tmp_path))["norm"] == "layer"
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     steps_per_epoch = 256 // 16
@@ -120,7 +113,7 @@ def test_full_tiny_run_writes_config_metrics_and_checkpoints(tiny, tmp_path):
     assert rows == metrics.read_metrics(str(tmp_path))
 
 
-def test_killed_run_resumes_to_the_same_metrics(tiny, tmp_path):
+def test_killed_run_resumes_to_the_same_metrics(tiny, tmp_path, caplog):
     data_dir, load_split = tiny
     config = small_config(data_dir, norm="batch", batch_size=8, num_epochs=3)
     straight = train.train_and_evaluate(config, str(tmp_path / "straight"), build(load_split))
@@ -144,7 +137,10 @@ def test_killed_run_resumes_to_the_same_metrics(tiny, tmp_path):
     # A line written after the last checkpoint (a kill between the two) must be recomputed.
     with open(os.path.join(workdir, metrics.METRICS_FILE), "a") as f:
         f.write(json.dumps({"round": 2, "epoch": 3, "stale": True}) + "\n")
-    resumed = train.train_and_evaluate(config, workdir, build(load_split))
+    with caplog.at_level(logging.WARNING):
+        resumed = train.train_and_evaluate(config, workdir, build(load_split))
+    assert "Dropping epoch(s) [3] of metrics.jsonl: recorded after the last checkpoint" in \
+        caplog.text  # never shortened without a message
     assert without_timing(resumed) == without_timing(straight)
     # Provenance says what made each part: the first start (rounds 0-1) and the resume.
     assert [p["first_round"] for p in metrics.read_provenance(workdir)] == [0, 2]
@@ -244,7 +240,7 @@ def test_record_says_what_made_it(tiny, tmp_path):
 @pytest.mark.parametrize("key, value, message", [
     ("norm", "group", "config.norm must be one of"),
     ("batch_size", 0, "config.batch_size must be >= 1"),
-    ("learning_rate", -1.0, "config.learning_rate must be > 0"),
+    ("learning_rate", -1.0, "config.learning_rate must be a number > 0"),
     ("bn_eval_statistics", "moving", "config.bn_eval_statistics must be one of"),
     ("matmul_precision", "fast", "config.matmul_precision must be one of"),
 ])

@@ -17,40 +17,57 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
-from lnrepro import train
+from lnrepro import train, validation
 from lnrepro.data import cloze, synthetic_cloze
 from lnrepro.models import attentive_reader
 
 CORPORA = ("synthetic", "cnn")
+DATASET_CONFIGS = ("full", "top4")
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks values (so a typo fails before any data is touched); returns an unlocked copy."""
+    """Checks every value (all problems at once, so a typo fails before any data is touched);
+    returns an unlocked copy."""
     config = ml_collections.ConfigDict(config.to_dict())
-    checks = [
-        (config.corpus in CORPORA, f"config.corpus must be one of {CORPORA}, got "
-                                   f"{config.corpus!r}."),
-        (config.cell in attentive_reader.CELLS, f"config.cell must be one of "
-                                                f"{attentive_reader.CELLS}, got {config.cell!r}."),
-        (config.batch_size >= 2, f"config.batch_size must be >= 2, got {config.batch_size}."),
-        (config.num_updates >= 1 and config.eval_every >= 1,
-         "config.num_updates and config.eval_every must be >= 1."),
-        (config.num_updates % config.eval_every == 0,
-         f"config.num_updates ({config.num_updates}) must be a multiple of config.eval_every "
-         f"({config.eval_every})."),
-        (config.learning_rate > 0, f"config.learning_rate must be > 0, got "
-                                   f"{config.learning_rate}."),
-        (0.0 <= config.dropout_rate < 1.0, f"config.dropout_rate must be in [0, 1), got "
-                                           f"{config.dropout_rate}."),
-        (config.corpus != "cnn" or config.manual_dir,
-         "config.corpus='cnn' needs config.manual_dir: the directory holding "
-         "cnn/questions/{training,validation,test}/*.question (the corpus cannot be downloaded "
-         "here; see lnrepro/data/cloze.py)."),
+    positive = validation.integer(1)
+    rules = [
+        validation.Rule("corpus", validation.one_of(*CORPORA), f"one of {CORPORA}"),
+        validation.Rule("dataset_config", validation.one_of(*DATASET_CONFIGS),
+                        f"one of {DATASET_CONFIGS}"),
+        validation.Rule("vocab_min_count", positive, ">= 1"),
+        validation.Rule("cell", validation.one_of(*attentive_reader.CELLS),
+                        f"one of {attentive_reader.CELLS}"),
+        validation.Rule("bn_everywhere", validation.is_bool, "True or False"),
+        validation.Rule("ln_gain_init", validation.number(0, low_open=True), "a number > 0"),
+        validation.Rule("features", positive, ">= 1"),
+        validation.Rule("dropout_rate", validation.number(0, 1, high_open=True), "in [0, 1)"),
+        validation.Rule("permute_entities", validation.is_bool, "True or False"),
+        validation.Rule("batch_size", validation.integer(2), ">= 2"),
+        validation.Rule("eval_batch_size", positive, ">= 1"),
+        validation.Rule("bucket_width", positive, ">= 1"),
+        validation.Rule("num_updates", positive, ">= 1"),
+        validation.Rule("eval_every", positive, ">= 1"),
+        *validation.shared_rules(),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-    train.check_matmul_precision(config.matmul_precision)
+    extra = []
+    if (isinstance(config.num_updates, int) and isinstance(config.eval_every, int)
+            and config.eval_every >= 1 and config.num_updates % config.eval_every):
+        extra.append(f"config.num_updates ({config.num_updates}) must be a multiple of "
+                     f"config.eval_every ({config.eval_every}).")
+    if config.corpus == "cnn" and not config.manual_dir:
+        extra.append("config.corpus='cnn' needs config.manual_dir: the directory holding "
+                     "cnn/questions/{training,validation,test}/*.question (the corpus cannot be "
+                     "downloaded here; see lnrepro/data/cloze.py).")
+    if config.corpus == "synthetic":
+        rules += [validation.Rule(f"synthetic.{key}", positive, ">= 1") for key in
+                  ("num_train", "num_validation", "num_test", "num_facts")]
+        rules += [validation.Rule(f"synthetic.{key}", validation.integer(0), ">= 0")
+                  for key in ("num_distractors", "num_filler", "seed")]
+        try:
+            synthetic_config(config).check()
+        except (TypeError, ValueError) as error:
+            extra.append(f"config.synthetic: {error}.")
+    validation.check(config, rules, extra=extra)
     return config
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
-from lnrepro import train
+from lnrepro import train, validation
 from lnrepro.data import mnist
 from lnrepro.models import mlp
 
@@ -38,29 +38,41 @@ def default_learning_rate(norm: str, batch_size: int) -> float:
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks values and fills every `None` ("the default for this setting") with a value, so
-    config.json records exactly what ran."""
+    """Checks every value (all problems at once, before anything is read or written) and fills
+    every `None` ("the default for this setting") with a value, so config.json records exactly
+    what ran."""
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
-    if config.norm not in NORMS:
-        raise ValueError(f"config.norm must be one of {NORMS}, got {config.norm!r}.")
-    if config.batch_size < 1:
-        raise ValueError(f"config.batch_size must be >= 1, got {config.batch_size}.")
-    if config.norm == "batch" and config.batch_size < 2:
-        raise ValueError("batch norm needs config.batch_size >= 2: one example has no variance.")
-    train.check_matmul_precision(config.matmul_precision)
-    if config.num_epochs < 1:
-        raise ValueError(f"config.num_epochs must be >= 1, got {config.num_epochs}.")
-    if config.bn_eval_statistics not in mlp.BN_EVAL_STATISTICS:
-        raise ValueError(f"config.bn_eval_statistics must be one of {mlp.BN_EVAL_STATISTICS}, "
-                         f"got {config.bn_eval_statistics!r}.")
+    positive = validation.integer(1)
+    rules = [
+        validation.Rule("norm", validation.one_of(*NORMS), f"one of {NORMS}"),
+        validation.Rule("hidden_sizes", lambda v: len(v) >= 1 and all(map(positive, v)),
+                        "one or more layer sizes >= 1, e.g. (1000, 1000)"),
+        validation.Rule("activation", validation.one_of(*mlp.ACTIVATIONS),
+                        f"one of {tuple(mlp.ACTIVATIONS)}"),
+        validation.Rule("normalize_logits", validation.optional(validation.is_bool),
+                        "None, True or False"),
+        validation.Rule("bn_unbiased_variance", validation.optional(validation.is_bool),
+                        "None, True or False"),
+        validation.Rule("bn_eval_statistics", validation.one_of(*mlp.BN_EVAL_STATISTICS),
+                        f"one of {mlp.BN_EVAL_STATISTICS}"),
+        validation.Rule("batch_size", positive, ">= 1"),
+        validation.Rule("num_epochs", positive, ">= 1"),
+        validation.Rule("steps_per_call", validation.integer(0), ">= 0 (0: automatic)"),
+        validation.Rule("eval_batch_size", positive, ">= 1"),
+        validation.Rule("train_eval_examples", positive, ">= 1"),
+        *[r for r in validation.shared_rules()
+          if not (r.key == "learning_rate" and config.learning_rate is None)],
+    ]
+    extra = []
+    if config.norm == "batch" and config.batch_size == 1:
+        extra.append("batch norm needs config.batch_size >= 2: one example has no variance.")
+    validation.check(config, rules, extra=extra)
     if config.normalize_logits is None:
         config.normalize_logits = mlp.default_normalize_logits(config.norm)
     if config.bn_unbiased_variance is None:
         config.bn_unbiased_variance = config.batch_size <= UNBIASED_VARIANCE_MAX_BATCH
     if config.learning_rate is None:
         config.learning_rate = default_learning_rate(config.norm, config.batch_size)
-    if config.learning_rate <= 0:
-        raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}.")
     if config.steps_per_call == 0:
         config.steps_per_call = max(1, EXAMPLES_PER_CALL // config.batch_size)
     return config
