@@ -80,6 +80,7 @@ benchmark: setup
 	$(PY) -m scripts.benchmark_ops
 	$(PY) -m scripts.benchmark_train
 	$(PY) -m scripts.benchmark_reader
+	$(PY) -m scripts.benchmark_members
 
 clean:
 	rm -rf runs

@@ -1,16 +1,21 @@
-"""Runs a sweep: one driver process per run, finished runs skipped, records copied to results/.
+"""Runs a sweep in one process: its runs grouped into vmapped programs, done runs skipped,
+records copied to results/.
 
   python -m experiments.sweep --sweep=configs/pi_mnist_sweeps.py:fig6 \
-      --workdir_root=runs/pi_mnist --results_dir=results/pi_mnist
+      --workdir_root=runs/pi_mnist/fig6 --results_dir=results/pi_mnist/fig6
 
 A sweep file's `get_config(name)` returns {'driver', 'task', 'base_config', 'runs': [{'name',
-'overrides'}]}; 'task' is the module whose resolve_config fills in a run's whole config.
-The sweep copies each run's config.json and metrics.jsonl to `<results_dir>/<name>/` when the
-driver exits, so those small files can be committed while checkpoints stay in the workdir. A run
-is finished when its record there holds every round it was configured for. An interrupted run
-resumes from its workdir's checkpoint the next time the sweep runs; `--publish_only` copies the
-records of runs in progress (partial, and marked so by their round count) without running
-anything, so they can be committed before a session ends.
+'overrides'}]}; 'task' is the module whose resolve_config and build_task define a run, 'driver'
+the module that runs one alone (the equivalent command of each run, shown by --dry_run).
+Runs that differ only in seed and optimizer settings train as the members of one program
+(lnrepro.train.train_members): start-up, data loading and compiling are paid once per program,
+not per run. Each member writes its own standard workdir (`<workdir_root>/<name>`), and the
+sweep copies its record (config.json, metrics.jsonl, provenance.json, diverged.json) to
+`<results_dir>/<name>/` when its program ends, so those small files can be committed while
+checkpoints stay in the workdir. A run is done when its record there is finished or diverged.
+An interrupted program resumes from its members' checkpoints the next time the sweep runs;
+`--publish_only` copies the records of runs in progress (partial, and marked so by their round
+count) without running anything, so they can be committed before a session ends.
 """
 
 from __future__ import annotations
@@ -19,16 +24,16 @@ import importlib
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from typing import Any
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import common
-from lnrepro import metrics
+from lnrepro import metrics, train
 
 _SWEEP = config_flags.DEFINE_config_file("sweep", None, "Sweep file, e.g. "
                                          "configs/pi_mnist_sweeps.py:fig6.")
@@ -43,6 +48,9 @@ _ONLY = flags.DEFINE_string("only", None, "Run only the runs whose name matches 
 _SHARD = flags.DEFINE_string("shard", None, "INDEX/COUNT: run only every COUNT-th run, starting "
                              "at INDEX (0-based), to split a sweep over machines, e.g. "
                              "--shard=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.")
+_MEMBERS_PER_PROGRAM = flags.DEFINE_integer(
+    "members_per_program", 0, "At most this many runs train as members of one vmapped program "
+    "(runs of the same shapes; they differ in seed and optimizer settings). 0: all of a group.")
 flags.mark_flags_as_required(["sweep", "workdir_root", "results_dir"])
 
 
@@ -60,14 +68,18 @@ class StaleRecordError(ValueError):
     """A record in results_dir was made with other settings than the sweep now asks for."""
 
 
-def expected_config(sweep, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The whole config a run of the sweep trains with (defaults filled in by its task), as its
-    config.json would record it."""
+def resolved_config(sweep, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The whole config a run of the sweep trains with: its base config file, the run's
+    overrides, and the defaults its task fills in."""
     config = common.load_config_file(sweep.base_config)
     for key, value in overrides.items():
         config[key] = value
-    task = importlib.import_module(sweep.task)
-    return metrics.as_json(task.resolve_config(config).to_dict())
+    return importlib.import_module(sweep.task).resolve_config(config)
+
+
+def expected_config(sweep, overrides: dict[str, Any]) -> dict[str, Any]:
+    """resolved_config as its config.json would record it."""
+    return metrics.as_json(resolved_config(sweep, overrides).to_dict())
 
 
 def check_record(results_dir: str, name: str, expected: dict[str, Any]) -> None:
@@ -87,9 +99,10 @@ def check_record(results_dir: str, name: str, expected: dict[str, Any]) -> None:
             f"point --results_dir elsewhere.")
 
 
-def is_finished(results_dir: str, name: str) -> bool:
+def is_done(results_dir: str, name: str) -> bool:
+    """The run's record is finished, or it diverged (re-running would diverge again)."""
     record = metrics.load_run(os.path.join(results_dir, name))
-    return record is not None and record.finished
+    return record is not None and record.done
 
 
 def publish(workdir: str, results_dir: str, name: str) -> None:
@@ -129,31 +142,59 @@ def shard_runs(runs, shard: str | None) -> list:
     return list(runs)[index::count]
 
 
-def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False,
-              only: str | None = None, shard: str | None = None) -> list[str]:
-    """Runs every unfinished run (matching `only`, in `shard`) in order; returns the names of
-    those it ran."""
-    ran = []
-    runs = shard_runs(select_runs(sweep.runs, only), shard)
-    for index, run in enumerate(runs):
-        name = run["name"]
-        check_record(results_dir, name, expected_config(sweep, dict(run["overrides"])))
-        if is_finished(results_dir, name):
-            logging.info("[%d/%d] %s: finished, skipped.", index + 1, len(runs), name)
+def plan_programs(sweep, runs, results_dir: str, members_per_program: int = 0
+                  ) -> list[list[tuple[dict, ml_collections.ConfigDict]]]:
+    """The runs still to do, as programs: [(run, its whole config)] per program.
+
+    Runs that can share a program (equal `train.program_key`: the same shapes, norm, batch
+    size, model, cell; they differ only in seed and optimizer settings) are grouped in the
+    sweep's order, up to `members_per_program` members each (0: the whole group). A run whose
+    record in results_dir is done (finished or diverged) is skipped; a stale record stops the
+    sweep (check_record).
+    """
+    groups: dict[str, list] = {}
+    for run in runs:
+        config = resolved_config(sweep, dict(run["overrides"]))
+        check_record(results_dir, run["name"], metrics.as_json(config.to_dict()))
+        if is_done(results_dir, run["name"]):
+            logging.info("%s: done, skipped.", run["name"])
             continue
-        workdir = os.path.join(workdir_root, name)
-        command = run_command(sweep.driver, sweep.base_config, dict(run["overrides"]), workdir)
-        logging.info("[%d/%d] %s: %s", index + 1, len(runs), name, " ".join(command))
+        groups.setdefault(train.program_key(config), []).append((run, config))
+    programs = []
+    for members in groups.values():
+        size = members_per_program or len(members)
+        programs += [members[i:i + size] for i in range(0, len(members), size)]
+    return programs
+
+
+def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False,
+              only: str | None = None, shard: str | None = None,
+              members_per_program: int = 0) -> list[str]:
+    """Runs every run not yet done (matching `only`, in `shard`), program after program in this
+    one process (data loaded and each program compiled once), and publishes each member's
+    record when its program ends. Returns the names of the runs it ran."""
+    task = importlib.import_module(sweep.task)
+    runs = shard_runs(select_runs(sweep.runs, only), shard)
+    programs = plan_programs(sweep, runs, results_dir, members_per_program)
+    ran = []
+    for index, program in enumerate(programs):
+        names = [run["name"] for run, _ in program]
+        logging.info("[program %d/%d] %d member(s): %s", index + 1, len(programs),
+                     len(program), ", ".join(names))
         if dry_run:
+            for run, _ in program:
+                logging.info("  %s", " ".join(run_command(
+                    sweep.driver, sweep.base_config, dict(run["overrides"]),
+                    os.path.join(workdir_root, run["name"]))))
             continue
         start = time.time()
-        result = subprocess.run(command)
-        if result.returncode != 0:
-            raise RuntimeError(f"run {name} failed (exit {result.returncode}); its log is above. "
-                               f"Re-running the sweep resumes it from {workdir}.")
-        publish(workdir, results_dir, name)
-        logging.info("%s finished in %.0f s.", name, time.time() - start)
-        ran.append(name)
+        workdirs = [os.path.join(workdir_root, name) for name in names]
+        train.train_members([config for _, config in program], workdirs, task.build_task)
+        for name, workdir in zip(names, workdirs):
+            publish(workdir, results_dir, name)
+        logging.info("program %d/%d finished in %.0f s.", index + 1, len(programs),
+                     time.time() - start)
+        ran += names
     return ran
 
 
@@ -175,8 +216,9 @@ def main(argv):
         logging.info("published: %s", publish_all(_SWEEP.value, _WORKDIR_ROOT.value,
                                                   _RESULTS_DIR.value))
         return
-    run_sweep(_SWEEP.value, _WORKDIR_ROOT.value, _RESULTS_DIR.value, _DRY_RUN.value,
-              _ONLY.value, _SHARD.value)
+    with common.errors_last():
+        run_sweep(_SWEEP.value, _WORKDIR_ROOT.value, _RESULTS_DIR.value, _DRY_RUN.value,
+                  _ONLY.value, _SHARD.value, _MEMBERS_PER_PROGRAM.value)
 
 
 if __name__ == "__main__":

@@ -81,35 +81,57 @@ def save(manager: ocp.CheckpointManager, round_index: int, state: Any) -> None:
         os.replace(tmp, os.path.join(directory, CHECKSUM_FILE))
 
 
-def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int | None, Any]:
-    """(last finished round, restored state) from the newest checkpoint that verifies, or
-    (None, target) in a workdir without checkpoints.
-
-    A checkpoint that fails its checksums or its restore is skipped with a warning that names
-    it; if every checkpoint fails, NoGoodCheckpointError says what to do. `target` gives the
-    structure, shapes and shardings to restore into.
-    """
+def verified_steps(manager: ocp.CheckpointManager) -> list[int]:
+    """The steps whose checkpoints match their checksums, newest first. Each one that does not
+    is named in a warning; if checkpoints exist but none verifies, NoGoodCheckpointError says
+    what to do."""
     steps = sorted(manager.all_steps(), reverse=True)
-    if not steps:
-        return None, target
-    problems, bad_steps = [], []
+    good, problems = [], []
     for step in steps:
         problem = verify(step_dir(manager, step))
         if problem is None:
-            try:
-                restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-            except Exception as error:  # orbax raises several types for a damaged checkpoint
-                problem = f"it cannot be restored ({type(error).__name__}: {error})"
-            else:
-                for bad in bad_steps:  # make room for the rounds that are recomputed
-                    manager.delete(bad)
-                if bad_steps:
-                    logging.warning("Resuming from the older checkpoint %s instead.",
-                                    step_dir(manager, step))
-                return step, restored
-        problems.append(f"checkpoint {step_dir(manager, step)}: {problem}")
-        logging.warning("Skipping checkpoint %s: %s.", step_dir(manager, step), problem)
-        bad_steps.append(step)
-    raise NoGoodCheckpointError(
-        "no checkpoint in {} can be used: {}. Delete the workdir (or its checkpoints/ and "
-        "metrics.jsonl) to start the run over.".format(manager.directory, "; ".join(problems)))
+            good.append(step)
+        else:
+            problems.append(f"checkpoint {step_dir(manager, step)}: {problem}")
+            logging.warning("Skipping checkpoint %s: %s.", step_dir(manager, step), problem)
+    if steps and not good:
+        raise NoGoodCheckpointError(
+            "no checkpoint in {} can be used: {}. Delete the workdir (or its checkpoints/ and "
+            "metrics.jsonl) to start the run over.".format(manager.directory, "; ".join(problems)))
+    return good
+
+
+def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+    """The state saved at `step` (verified first), restored into `target`'s structure, shapes
+    and shardings. Checkpoints after `step` are deleted, with a warning: their rounds are
+    recomputed, and their step numbers must be free for the new saves."""
+    problem = verify(step_dir(manager, step))
+    if problem is not None:
+        raise NoGoodCheckpointError(f"checkpoint {step_dir(manager, step)}: {problem}.")
+    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    newer = [s for s in manager.all_steps() if s > step]
+    if newer:
+        logging.warning("Resuming from the older checkpoint %s; deleting the later %s.",
+                        step_dir(manager, step), newer)
+        for s in newer:
+            manager.delete(s)
+    return restored
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[int | None, Any]:
+    """(last finished round, restored state) from the newest checkpoint that verifies and
+    restores, or (None, target) in a workdir without checkpoints. Checkpoints that fail are
+    skipped with a warning; if all fail, NoGoodCheckpointError says what to do."""
+    problems = []
+    for step in verified_steps(manager):
+        try:
+            return step, restore(manager, step, target)
+        except Exception as error:  # orbax raises several types for a damaged checkpoint
+            problems.append(f"checkpoint {step_dir(manager, step)} cannot be restored "
+                            f"({type(error).__name__}: {error})")
+            logging.warning("%s.", problems[-1])
+    if problems:
+        raise NoGoodCheckpointError(
+            "no checkpoint in {} can be used: {}. Delete the workdir (or its checkpoints/ and "
+            "metrics.jsonl) to start the run over.".format(manager.directory, "; ".join(problems)))
+    return None, target

@@ -18,7 +18,8 @@ from absl import logging
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PROVENANCE_FILE = "provenance.json"
-RECORD_FILES = (CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE)
+DIVERGED_FILE = "diverged.json"  # a run stopped because its loss or metrics stopped being finite
+RECORD_FILES = (CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, DIVERGED_FILE)
 # Settings that may differ between a run and its record without changing what it trains: where
 # the data lives, and a logged diagnostic (training is identical with it on or off).
 RESUMABLE_CHANGES = ("data_dir", "log_grad_norm")
@@ -138,6 +139,24 @@ def append_provenance(workdir: str, first_round: int, entry: dict[str, Any]) -> 
                   json.dumps(kept, indent=2, default=_json_default) + "\n")
 
 
+def read_diverged(workdir: str) -> dict[str, Any] | None:
+    """Where and how the run diverged, or None."""
+    path = os.path.join(workdir, DIVERGED_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_diverged(workdir: str, round_index: int, round_name: str, key: str,
+                   value: float) -> None:
+    """Records that the run stopped in `round_index` (0-based) because `key` became `value`
+    (non-finite; written as a string, which JSON can hold)."""
+    record = {"round": round_index, "round_name": round_name, "key": key,
+              "value": repr(float(value))}
+    _atomic_write(os.path.join(workdir, DIVERGED_FILE), json.dumps(record) + "\n")
+
+
 def _atomic_write(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -153,6 +172,8 @@ class RunRecord:
     rows: list[dict[str, Any]]
     # One entry per start or resume (lnrepro/provenance.py); empty for older records.
     provenance: tuple[dict[str, Any], ...] = ()
+    # {'round', 'key', 'value'} when the run stopped on a non-finite number, else None.
+    diverged: dict[str, Any] | None = None
 
     @property
     def num_rounds(self) -> int:
@@ -161,6 +182,12 @@ class RunRecord:
         if "num_epochs" in self.config:
             return self.config["num_epochs"]
         return self.config["num_updates"] // self.config["eval_every"]
+
+    @property
+    def done(self) -> bool:
+        """Nothing left to run: finished, or stopped as diverged (re-running would diverge
+        again: data order and initialization depend only on the seed)."""
+        return self.finished or self.diverged is not None
 
     @property
     def finished(self) -> bool:
@@ -203,14 +230,15 @@ def provenance_note(records: Iterable[RunRecord]) -> str:
 
 
 def load_run(run_dir: str, name: str | None = None) -> RunRecord | None:
-    """The record in run_dir, or None if it has no config.json or no metric line yet."""
+    """The record in run_dir, or None if it has no config.json, or neither a metric line nor a
+    divergence record yet."""
     if not os.path.exists(os.path.join(run_dir, CONFIG_FILE)):
         return None
     rows = read_metrics(run_dir)
-    if not rows:
+    if not rows and not os.path.exists(os.path.join(run_dir, DIVERGED_FILE)):
         return None
     return RunRecord(name or run_dir, read_config(run_dir), rows,
-                     tuple(read_provenance(run_dir)))
+                     tuple(read_provenance(run_dir)), read_diverged(run_dir))
 
 
 def load_runs(results_dir: str) -> list[RunRecord]:
@@ -219,7 +247,7 @@ def load_runs(results_dir: str) -> list[RunRecord]:
     for root, _, files in sorted(os.walk(results_dir)):
         if METRICS_FILE in files:
             record = load_run(root, os.path.relpath(root, results_dir))
-            if record is not None:
+            if record is not None and record.rows:
                 records.append(record)
     return records
 
@@ -269,16 +297,17 @@ class Progress:
         self.first_round = first_round
         self.start = time.time()
 
-    def line(self, round_index: int, row: dict[str, Any]) -> str:
+    def line(self, round_index: int, row: dict[str, Any], name: str | None = None) -> str:
         done = round_index - self.first_round + 1
         elapsed = time.time() - self.start
         eta = elapsed / max(done, 1) * (self.total_rounds - round_index - 1)
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in row.items() if k not in ("round", "num_rounds"))
-        return f"[{round_index + 1}/{self.total_rounds}] {shown} eta={_duration(eta)}"
+        prefix = f"{name} " if name else ""
+        return f"{prefix}[{round_index + 1}/{self.total_rounds}] {shown} eta={_duration(eta)}"
 
-    def log(self, round_index: int, row: dict[str, Any]) -> None:
-        logging.info("%s", self.line(round_index, row))
+    def log(self, round_index: int, row: dict[str, Any], name: str | None = None) -> None:
+        logging.info("%s", self.line(round_index, row, name))
 
 
 def _duration(seconds: float) -> str:

@@ -14,8 +14,10 @@ run ends with the same metrics as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import os
 import time
 from typing import Any, Callable, Iterable
@@ -67,14 +69,30 @@ class Task:
     evaluate: Callable[[TrainState, Callable], dict[str, float]]
     examples_per_step: int
     round_name: str = "round"
+    # The members' chunk items -> one item with a leading member axis (train_members). The
+    # default stacks equal shapes; a task whose batches vary in shape pads them first.
+    stack_members: Callable[[list[Any]], Any] = None  # None: stack_arrays
+
+
+def _adam(learning_rate, b1, b2, eps, clip_norm=None) -> optax.GradientTransformation:
+    """Adam, after clipping the global gradient norm to clip_norm when one is given."""
+    adam = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+    return adam if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adam)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam, optionally after clipping the global gradient norm (the attentive reader's 10)."""
-    adam = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2,
-                      eps=config.adam_eps)
-    clip = config.get("grad_clip_norm")
-    return optax.chain(optax.clip_by_global_norm(clip), adam) if clip else adam
+    """Adam, optionally after clipping the global gradient norm (the attentive reader's 10).
+
+    The hyperparameters live in the optimizer state (optax.inject_hyperparams), so the members
+    of a group (`train_members`) can each have their own learning rate, Adam settings and clip
+    norm in one vmapped program. Whether to clip at all is the program's choice: the global norm
+    is one more pass over the gradients, ~25% of a batch-4 MLP step.
+    """
+    hyperparams = dict(learning_rate=config.learning_rate, b1=config.adam_b1, b2=config.adam_b2,
+                       eps=config.adam_eps)
+    if config.get("grad_clip_norm"):
+        hyperparams["clip_norm"] = config.grad_clip_norm
+    return optax.inject_hyperparams(_adam)(**hyperparams)
 
 
 def create_train_state(rng: jax.Array, model: nn.Module, init_batch: Batch,
@@ -83,6 +101,21 @@ def create_train_state(rng: jax.Array, model: nn.Module, init_batch: Batch,
         {"params": rng, "dropout": rng}, init_batch)
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats"))
+
+
+def stack_members(states: list[TrainState]) -> TrainState:
+    """K single-member states -> one state whose arrays have a leading member axis [K, ...].
+
+    The static parts (the apply function and the optimizer, whose hyperparameters sit in the
+    state) are taken from the first member: members differ only in their arrays."""
+    first = states[0]
+    arrays = [dataclasses.replace(s, apply_fn=first.apply_fn, tx=first.tx) for s in states]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *arrays)
+
+
+def member(tree: Any, index: int) -> Any:
+    """Member `index` of a member-stacked pytree."""
+    return jax.tree.map(lambda x: x[index], tree)
 
 
 def _variables(state: TrainState, params=None) -> dict[str, Any]:
@@ -134,14 +167,16 @@ def eval_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
             "count": jnp.sum(weight)}
 
 
-def summarize(sums: Iterable[dict[str, jax.Array]], prefix: str) -> dict[str, float]:
-    """Adds up eval_step sums over batches into '<prefix>_nll' and '<prefix>_error'."""
+def summarize(sums: Iterable[dict[str, jax.Array]], prefix: str) -> dict[str, Any]:
+    """Adds up eval_step sums over batches into '<prefix>_nll' and '<prefix>_error': floats, or
+    arrays [K] of per-member values when the sums carry a member axis."""
     total = {"nll": 0.0, "errors": 0.0, "count": 0.0}
     for s in jax.device_get(list(sums)):
         for k in total:
-            total[k] += float(s[k])
-    count = max(total["count"], 1.0)
-    return {f"{prefix}_nll": total["nll"] / count, f"{prefix}_error": total["errors"] / count}
+            total[k] = total[k] + np.asarray(s[k], np.float64)
+    count = np.maximum(total["count"], 1.0)
+    out = {f"{prefix}_nll": total["nll"] / count, f"{prefix}_error": total["errors"] / count}
+    return {k: float(v) if np.ndim(v) == 0 else v for k, v in out.items()}
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -152,11 +187,14 @@ def make_mesh() -> jax.sharding.Mesh:
                          axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def make_run_chunk(task: Task, mesh: jax.sharding.Mesh, log_grad_norm: bool = True) -> Callable:
+def make_run_chunk(task: Task, mesh: jax.sharding.Mesh, log_grad_norm: bool = True,
+                   members: bool = False) -> Callable:
     """jit(scan(train_step)) over the steps of a chunk; the state's buffers are donated.
 
     Each step's batch is constrained to be sharded over the data axis, so under several devices
     the forward and backward passes are data-parallel and BN's statistics cover the global batch.
+    With `members`, the state, the chunk and the rng carry a leading member axis and the scan is
+    vmapped over it: K independent runs in one program (device_data is shared).
     """
     batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
@@ -168,6 +206,8 @@ def make_run_chunk(task: Task, mesh: jax.sharding.Mesh, log_grad_norm: bool = Tr
             return train_step(state, batch, jax.random.fold_in(rng, state.step), log_grad_norm)
         return jax.lax.scan(body, state, chunk)
 
+    if members:
+        run_chunk = jax.vmap(run_chunk, in_axes=(0, None, 0, 0))
     return jax.jit(run_chunk, donate_argnums=(0,))
 
 
@@ -182,9 +222,11 @@ def put_global(tree: Any, sharding: NamedSharding) -> Any:
     return jax.tree.map(put, tree)
 
 
-def shard_chunk(chunk: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Puts a host chunk [steps, batch, ...] on the devices, batch axis split over `data`."""
-    return put_global(chunk, NamedSharding(mesh, P(None, DATA_AXIS)))
+def shard_chunk(chunk: Any, mesh: jax.sharding.Mesh, members: bool = False) -> Any:
+    """Puts a host chunk [steps, batch, ...] ([members, steps, batch, ...] with `members`) on
+    the devices, batch axis split over `data`."""
+    spec = P(None, None, DATA_AXIS) if members else P(None, DATA_AXIS)
+    return put_global(chunk, NamedSharding(mesh, spec))
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -200,118 +242,243 @@ class RecordWithoutCheckpointError(RuntimeError):
     """The workdir holds metrics of an unfinished run but no checkpoint to continue it from."""
 
 
-def _check_finite(values: dict[str, Any], round_index: int, round_name: str,
-                  workdir: str) -> None:
-    """Stops the run, naming the round, if any value (arrays of step metrics, or a row's
-    floats: a float32 sum can overflow although every step's loss is finite) is not finite."""
-    bad = [k for k, v in values.items()
-           if isinstance(v, (float, np.ndarray)) and not np.all(np.isfinite(v))]
-    if bad:
-        last_good = (f"The last good checkpoint (after {round_name} {round_index}) is in "
-                     f"{workdir}/checkpoints; " if round_index else "No checkpoint was saved; ")
-        raise NonFiniteLossError(
-            f"{' and '.join(bad)} stopped being finite in {round_name} {round_index + 1}. "
-            f"{last_good}lower config.learning_rate (or set config.grad_clip_norm) and start a "
-            f"new workdir.")
+def _first_non_finite(values: dict[str, Any]) -> tuple[str, float] | None:
+    """(key, value) of the first value that is not finite (arrays of step metrics, or a row's
+    floats: a float32 sum can overflow although every step's loss is finite), or None."""
+    for key, value in values.items():
+        if isinstance(value, (float, np.ndarray)) and not np.all(np.isfinite(value)):
+            array = np.atleast_1d(np.asarray(value, np.float64))
+            return key, float(array[~np.isfinite(array)][0])
+    return None
+
+
+def _non_finite_message(key: str, round_index: int, round_name: str, workdir: str) -> str:
+    last_good = (f"The last good checkpoint (after {round_name} {round_index}) is in "
+                 f"{workdir}/checkpoints; " if round_index else "No checkpoint was saved; ")
+    return (f"{key} stopped being finite in {round_name} {round_index + 1}. {last_good}lower "
+            f"config.learning_rate (or set config.grad_clip_norm) and start a new workdir.")
+
+
+# The settings in which the members of one program may differ: each member's own seed
+# (initialization, data order, dropout) and optimizer hyperparameters, and the LN gain's
+# initial value. Everything else (shapes, norms, data, precision, whether to clip) is the
+# program's.
+MEMBER_SETTINGS = ("seed", "learning_rate", "adam_b1", "adam_b2", "adam_eps", "grad_clip_norm",
+                   "ln_gain_init")
+
+
+def program_key(config: ml_collections.ConfigDict | dict) -> str:
+    """Runs with equal keys can train as members of one program (`train_members`)."""
+    settings = metrics.as_json(config.to_dict() if hasattr(config, "to_dict") else config)
+    key = {k: v for k, v in settings.items()
+           if k not in MEMBER_SETTINGS and k not in metrics.RESUMABLE_CHANGES}
+    key["clips"] = bool(settings.get("grad_clip_norm"))
+    return json.dumps(key, sort_keys=True)
+
+
+def stack_arrays(items: list[Any]) -> Any:
+    """Chunk items of the members (equal shapes) -> one item with a leading member axis."""
+    return jax.tree.map(lambda *xs: np.stack(xs), *items)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        build_task: Callable[[ml_collections.ConfigDict], Task]) -> list[dict]:
-    """Trains and evaluates as `config` says, recording everything in `workdir`.
+    """Trains and evaluates one run as `config` says, recording everything in `workdir`: a
+    group of one member (see `train_members`). Raises NonFiniteLossError if it diverges (now
+    or, as its record says, before)."""
+    (rows,) = train_members([config], [workdir], build_task)
+    diverged = metrics.read_diverged(workdir)
+    if diverged is not None:
+        raise NonFiniteLossError(_non_finite_message(
+            diverged["key"], diverged["round"], diverged.get("round_name", "round"), workdir))
+    return rows
+
+
+def train_members(configs: list[ml_collections.ConfigDict], workdirs: list[str],
+                  build_task: Callable[[ml_collections.ConfigDict], Task]) -> list[list[dict]]:
+    """Trains K runs as the members of one jitted program and records each in its own workdir.
+
+    The members share every setting but MEMBER_SETTINGS (`program_key`); the state of each
+    carries a leading member axis and the steps are vmapped over it, so K runs cost one
+    program's start-up, compile and dispatch. Member k trains what the single run of configs[k]
+    trains, and writes the same record (config.json, metrics.jsonl, provenance.json,
+    checkpoints). A member whose loss or metrics stop being finite is stopped and recorded as
+    diverged (diverged.json: the round, the key, the value) while the others go on.
 
     Every float32 matmul runs at config.matmul_precision. Under jax.distributed every process
-    trains (data-parallel over all hosts' devices) and only process 0 writes the record.
-    A finished record is returned as it is, without writing (read-only workdirs work). Otherwise
-    one process at a time may write the workdir (a lock, released by the kernel if its holder
-    dies), and the run resumes from its newest checkpoint that verifies.
-    Returns the metric rows of the whole run (including rounds done before a resume); a process
-    other than 0 returns the rows it computed.
+    trains (data-parallel over all hosts' devices) and only process 0 writes the records.
+    A finished or diverged record is returned as it is, without writing (read-only workdirs
+    work). Otherwise one process at a time may write a workdir (a lock, released by the kernel
+    if its holder dies), and the group resumes from the newest round at which every member has a
+    checkpoint that verifies.
+    Returns each member's metric rows (including rounds done before a resume; a process other
+    than 0 returns the rows it computed).
     """
-    existing = metrics.load_run(workdir)
-    if existing is not None and existing.finished:
-        metrics.check_config(workdir, config.to_dict(), ignore=metrics.RESUMABLE_CHANGES)
-        logging.info("%s holds a finished record; nothing to do.", workdir)
-        return existing.rows
-    with jax.default_matmul_precision(config.matmul_precision):
-        task = build_task(config)  # first: a run that cannot start (no data) leaves no record
+    if not configs or len(configs) != len(workdirs):
+        raise ValueError(f"train_members needs one workdir per config, got {len(configs)} "
+                         f"configs and {len(workdirs)} workdirs.")
+    keys = [program_key(c) for c in configs]
+    if len(set(keys)) > 1:
+        first, other = json.loads(keys[0]), json.loads(next(k for k in keys if k != keys[0]))
+        differing = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+        raise ValueError(f"the members of one program may differ only in {MEMBER_SETTINGS}; "
+                         f"these differ in {differing}.")
+    results: list[list[dict] | None] = [None] * len(configs)
+    todo = []
+    for k, (config, workdir) in enumerate(zip(configs, workdirs)):
+        existing = metrics.load_run(workdir)
+        if existing is not None and existing.done:
+            metrics.check_config(workdir, config.to_dict(), ignore=metrics.RESUMABLE_CHANGES)
+            logging.info("%s holds a %s record; nothing to do.", workdir,
+                         "finished" if existing.finished else "diverged")
+            results[k] = existing.rows
+        else:
+            todo.append(k)
+    if not todo:
+        return results
+    configs, workdirs = [configs[k] for k in todo], [workdirs[k] for k in todo]
+    with jax.default_matmul_precision(configs[0].matmul_precision):
+        # First: a run that cannot start (no data) leaves no record.
+        tasks = [build_task(config) for config in configs]
         mesh = make_mesh()
-        if task.examples_per_step % mesh.size:
-            raise ValueError(f"batch size {task.examples_per_step} must be divisible by the "
+        if tasks[0].examples_per_step % mesh.size:
+            raise ValueError(f"batch size {tasks[0].examples_per_step} must be divisible by the "
                              f"{mesh.size} devices of the data-parallel mesh.")
-        metrics.check_config(workdir, config.to_dict(), ignore=metrics.RESUMABLE_CHANGES)
-        if jax.process_index() != 0:  # process 0 holds the lock for all of them
-            return _train_and_evaluate(config, workdir, task, mesh)
-        with locking.exclusive_or_fail(
-                os.path.join(workdir, LOCK_FILE),
-                f"another process (pid {{pid}}) is training in {workdir}. Wait for it to finish "
-                f"or stop it; two writers would interleave one record."):
-            return _train_and_evaluate(config, workdir, task, mesh)
+        for config, workdir in zip(configs, workdirs):
+            metrics.check_config(workdir, config.to_dict(), ignore=metrics.RESUMABLE_CHANGES)
+        with contextlib.ExitStack() as locks:
+            if jax.process_index() == 0:  # process 0 holds the locks for all processes
+                for workdir in workdirs:
+                    locks.enter_context(locking.exclusive_or_fail(
+                        os.path.join(workdir, LOCK_FILE),
+                        f"another process (pid {{pid}}) is training in {workdir}. Wait for it "
+                        f"to finish or stop it; two writers would interleave one record."))
+            trained = _train_members(configs, workdirs, tasks, mesh)
+    for k, rows in zip(todo, trained):
+        results[k] = rows
+    return results
 
 
-def _train_and_evaluate(config, workdir: str, task: Task, mesh) -> list[dict]:
+def _resume_round(managers, workdirs: list[str], round_name: str) -> int | None:
+    """The newest round at which every member has a checkpoint that verifies (None: start
+    fresh). Refuses records that cannot be continued rather than emptying them."""
+    steps = [set(checkpoints.verified_steps(manager)) for manager in managers]
+    common = set.intersection(*steps)
+    if common:
+        return max(common)
+    for workdir, member_steps in zip(workdirs, steps):
+        recorded = metrics.read_metrics(workdir)
+        if recorded:
+            raise RecordWithoutCheckpointError(
+                f"{workdir} records {len(recorded)} {round_name}(s) of an unfinished run but "
+                f"holds no checkpoint to continue from"
+                + (" at a round its group's other members have" if member_steps else "")
+                + f". Move its {metrics.METRICS_FILE} away to start over there, or use a new "
+                f"--workdir.")
+    return None
+
+
+def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> list[list[dict]]:
+    task, num_members = tasks[0], len(configs)
     writes_record = jax.process_index() == 0
-
-    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    state = replicate(create_train_state(init_rng, task.model, task.init_batch,
-                                         make_optimizer(config)), mesh)
-    manager = checkpoints.make_manager(workdir)
-    last_round, state = checkpoints.restore_latest(manager, state)
+    states, train_rngs = [], []
+    for config, member_task in zip(configs, tasks):
+        init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+        states.append(replicate(create_train_state(init_rng, member_task.model,
+                                                   member_task.init_batch,
+                                                   make_optimizer(config)), mesh))
+        train_rngs.append(train_rng)
+    managers = [checkpoints.make_manager(workdir) for workdir in workdirs]
+    last_round = _resume_round(managers, workdirs, task.round_name)
     first_round = 0 if last_round is None else last_round + 1
-    recorded = metrics.read_metrics(workdir)
-    if last_round is None and recorded:
-        raise RecordWithoutCheckpointError(
-            f"{workdir} records {len(recorded)} {task.round_name}(s) of an unfinished run but "
-            f"holds no checkpoint to continue from. Move its {metrics.METRICS_FILE} away to "
-            f"start over there, or use a new --workdir.")
+    if last_round is not None:
+        states = [checkpoints.restore(manager, last_round, state)
+                  for manager, state in zip(managers, states)]
+    # One member trains unvmapped: the plain program, as fast as before members existed.
+    vmapped = num_members > 1
+    if vmapped:
+        state, train_rng = stack_members(states), jnp.stack(train_rngs)
+    else:
+        state, train_rng = states[0], train_rngs[0]
+    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
     if writes_record:
-        metrics.write_config(workdir, config.to_dict(), ignore=metrics.RESUMABLE_CHANGES)
-        dropped = [r["round"] + 1 for r in recorded if r["round"] >= first_round]
-        if dropped:
-            logging.warning("Dropping %s(s) %s of %s: recorded after the last checkpoint, they "
-                            "are recomputed.", task.round_name, dropped, metrics.METRICS_FILE)
-        metrics.truncate_metrics(workdir, first_round - 1)
-        metrics.append_provenance(workdir, first_round,
-                                  provenance.collect(config.matmul_precision))
+        for config, workdir in zip(configs, workdirs):
+            metrics.write_config(workdir, config.to_dict(), ignore=metrics.RESUMABLE_CHANGES)
+            dropped = [r["round"] + 1 for r in metrics.read_metrics(workdir)
+                       if r["round"] >= first_round]
+            if dropped:
+                logging.warning("Dropping %s(s) %s of %s/%s: recorded after the last checkpoint, "
+                                "they are recomputed.", task.round_name, dropped, workdir,
+                                metrics.METRICS_FILE)
+            metrics.truncate_metrics(workdir, first_round - 1)
+            metrics.append_provenance(workdir, first_round,
+                                      provenance.collect(config.matmul_precision))
     if first_round:
-        logging.info("Resuming %s after %s %d.", workdir, task.round_name, first_round)
+        logging.info("Resuming %s after %s %d.", ", ".join(workdirs), task.round_name,
+                     first_round)
 
     device_data = replicate(task.device_data, mesh)
-    log_grad_norm = config.get("log_grad_norm", True)
-    run_chunk = make_run_chunk(task, mesh, log_grad_norm)
+    run_chunk = make_run_chunk(task, mesh, configs[0].get("log_grad_norm", True),
+                               members=vmapped)
     replicated = NamedSharding(mesh, P())
-    jitted_eval_step = jax.jit(eval_step)
+    jitted_eval_step = jax.jit(jax.vmap(eval_step, in_axes=(0, None)) if vmapped else eval_step)
     # Evaluation batches come from the host; place them on every device of the mesh (a host
     # array cannot be mixed with global arrays under several processes).
     jit_eval_step = lambda state, batch: jitted_eval_step(state, put_global(batch, replicated))
+    stack = (task.stack_members or stack_arrays) if vmapped else (lambda items: items[0])
     progress = metrics.Progress(task.num_rounds, first_round)
-    rows = []  # this process's rows (the record's when it writes none)
+    alive = [True] * num_members
+    rows: list[list[dict]] = [[] for _ in range(num_members)]  # this process's rows
     for round_index in range(first_round, task.num_rounds):
         start = time.time()
         step_metrics = []
-        for chunk in task.train_chunks(round_index):
-            state, chunk_metrics = run_chunk(state, device_data, shard_chunk(chunk, mesh),
-                                             train_rng)
+        for items in zip(*(t.train_chunks(round_index) for t in tasks)):
+            chunk = shard_chunk(stack(list(items)), mesh, members=vmapped)
+            state, chunk_metrics = run_chunk(state, device_data, chunk, train_rng)
             step_metrics.append(chunk_metrics)
-        step_metrics = {k: np.concatenate([np.asarray(m[k]) for m in step_metrics])
-                        for k in step_metrics[0]}
+        step_metrics = {k: np.concatenate([np.asarray(m[k]).reshape(num_members, -1)
+                                           for m in step_metrics], axis=1)
+                        for k in step_metrics[0]}  # [members, steps]
         train_seconds = time.time() - start
-        _check_finite(step_metrics, round_index, task.round_name, workdir)
-
-        steps_done = int(state.step)
-        row = {"round": round_index, "num_rounds": task.num_rounds,
-               task.round_name: round_index + 1, "step": steps_done,
-               "examples_seen": steps_done * task.examples_per_step,
-               "train_loss_running": float(np.mean(step_metrics["loss"]))}
-        if "grad_norm" in step_metrics:
-            row["grad_norm_max"] = float(np.max(step_metrics["grad_norm"]))
-        row.update(task.evaluate(state, jit_eval_step))
-        row["examples_per_sec"] = len(step_metrics["loss"]) * task.examples_per_step / train_seconds
-        row["round_seconds"] = time.time() - start
-        _check_finite(row, round_index, task.round_name, workdir)
-        if writes_record:
-            metrics.append_metrics(workdir, row)
-        progress.log(round_index, row)
-        checkpoints.save(manager, round_index, state)
-        rows.append(row)
-    manager.close()
-    return metrics.read_metrics(workdir) if writes_record else rows
+        evaluation = task.evaluate(state, jit_eval_step)  # per-member arrays [members]
+        steps_done = np.atleast_1d(np.asarray(state.step))
+        round_seconds = time.time() - start
+        for k in range(num_members):
+            if not alive[k]:
+                continue
+            own_steps = {key: values[k] for key, values in step_metrics.items()}
+            row = {"round": round_index, "num_rounds": task.num_rounds,
+                   task.round_name: round_index + 1, "step": int(steps_done[k]),
+                   "examples_seen": int(steps_done[k]) * task.examples_per_step,
+                   "train_loss_running": float(np.mean(own_steps["loss"]))}
+            if "grad_norm" in own_steps:
+                row["grad_norm_max"] = float(np.max(own_steps["grad_norm"]))
+            row.update({key: float(np.broadcast_to(value, (num_members,))[k])
+                        for key, value in evaluation.items()})
+            row["examples_per_sec"] = (own_steps["loss"].size * task.examples_per_step
+                                       / train_seconds)
+            row["round_seconds"] = round_seconds
+            bad = _first_non_finite(own_steps) or _first_non_finite(row)
+            if bad is not None:
+                alive[k] = False
+                logging.warning("%s diverged: %s", workdirs[k],
+                                _non_finite_message(bad[0], round_index, task.round_name,
+                                                    workdirs[k]))
+                if writes_record:
+                    metrics.write_diverged(workdirs[k], round_index, task.round_name, *bad)
+                continue
+            if writes_record:
+                metrics.append_metrics(workdirs[k], row)
+            rows[k].append(row)
+            progress.log(round_index, row, names[k] if num_members > 1 else None)
+        if not any(alive):
+            break
+        for k in range(num_members):
+            if alive[k]:
+                checkpoints.save(managers[k], round_index,
+                                 member(state, k) if vmapped else state)
+    for manager in managers:
+        manager.close()
+    if not writes_record:
+        return rows
+    return [metrics.read_metrics(workdir) for workdir in workdirs]

@@ -81,6 +81,23 @@ def random_batch(size: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
             "weight": np.ones(b, np.float32)}
 
 
+def make_task(config, size: dict, init_batch: dict) -> train.Task:
+    """The reader's model as the trainer's Task; batches are fed as chunks of one step."""
+    return train.Task(
+        model=attentive_reader.make_model(config, size["vocab"], size["document"],
+                                          size["query"]),
+        init_batch=init_batch,
+        num_rounds=1,
+        train_chunks=lambda round_index: [],
+        select_batch=lambda _, batch: batch,
+        device_data=None,
+        evaluate=lambda state, eval_step: {},
+        examples_per_step=config.batch_size,
+        round_name="interval",
+        stack_members=attentive_reader.stack_padded,
+    )
+
+
 class Runner:
     """One variant at one size, updated the way the reader's trainer updates it."""
 
@@ -89,18 +106,7 @@ class Runner:
         self.mesh = mesh
         self.batches = batches
         self.next_batch = 0
-        self.task = train.Task(
-            model=attentive_reader.make_model(config, size["vocab"], size["document"],
-                                              size["query"]),
-            init_batch=batches[0],
-            num_rounds=1,
-            train_chunks=lambda round_index: [],
-            select_batch=lambda _, batch: batch,
-            device_data=None,
-            evaluate=lambda state, eval_step: {},
-            examples_per_step=config.batch_size,
-            round_name="interval",
-        )
+        self.task = make_task(config, size, batches[0])
         init_rng, self.train_rng = jax.random.split(jax.random.key(config.seed))
         self.state = train.replicate(
             train.create_train_state(init_rng, self.task.model, self.task.init_batch,

@@ -50,3 +50,20 @@ def test_benchmark_reader_quick(capsys):
         assert ms > 0 and ratio > 0
         if variant == "lstm":
             assert ratio == 1.0  # the baseline's ratio to itself
+
+
+def test_benchmark_members_quick(capsys):
+    from scripts import benchmark_members
+    assert benchmark_members.main(["--quick", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^backend: \w+ \(.+\); copy bandwidth \d+\.\d GB/s$", out, re.MULTILINE)
+    for workload in ("mlp bs4", "mlp bs128", "reader lnlstm"):
+        for k in (1, 3):
+            row = re.search(rf"^\| {workload} \| {k} \| (\d+) \| (\d+) \| {NUMBER}x \| {NUMBER} "
+                            rf"\| ([\d.]+|-) \| ([\d.]+x|-) \|$", out, re.MULTILINE)
+            assert row, (workload, k, out)
+            sequential, members, ratio = int(row[1]), int(row[2]), float(row[3])
+            assert sequential > 0 and members > 0
+            assert abs(ratio - members / sequential) < 0.02 + 0.02 * ratio
+    assert re.search(r"^worst ratio members/sequential: \d+\.\d+x \(CPU goal >= 0\.95x: "
+                     r"(MET|NOT MET)\)$", out, re.MULTILINE), out

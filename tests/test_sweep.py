@@ -32,9 +32,9 @@ def test_run_command_passes_overrides_as_config_flags():
 def test_only_complete_records_count_as_finished(tmp_path):
     _write_run(tmp_path / "done", 3, 3)
     _write_run(tmp_path / "partial", 3, 2)
-    assert sweep.is_finished(str(tmp_path), "done")
-    assert not sweep.is_finished(str(tmp_path), "partial")
-    assert not sweep.is_finished(str(tmp_path), "missing")
+    assert sweep.is_done(str(tmp_path), "done")
+    assert not sweep.is_done(str(tmp_path), "partial")
+    assert not sweep.is_done(str(tmp_path), "missing")
 
 
 def _plan(runs):
@@ -139,3 +139,39 @@ def test_committed_records_match_their_sweeps(sweeps, name, results_dir):
         sweep.check_record(root, run["name"],
                            sweep.expected_config(sweeps.get_config(name),
                                                  dict(run["overrides"])))
+
+
+def test_sweep_groups_runs_that_share_shapes_into_programs(tmp_path):
+    plan = pi_mnist_sweeps.get_config("fig6")
+    empty = str(tmp_path / "no_records")
+    programs = sweep.plan_programs(plan, plan.runs, empty)
+    assert len(programs) == 6  # (norm, batch size) pairs; their 3 seeds each share a program
+    for program in programs:
+        configs = [config for _, config in program]
+        assert sorted(c.seed for c in configs) == [0, 1, 2]
+        assert len({(c.norm, c.batch_size) for c in configs}) == 1
+    assert len(sweep.plan_programs(plan, plan.runs, empty, members_per_program=2)) == 12
+
+
+def test_a_sweep_runs_its_programs_in_one_process_and_publishes_every_member(tmp_path):
+    """Two reader variants x two seeds on a tiny synthetic corpus: two programs of two members,
+    each member's record published; a second pass runs nothing."""
+    tiny = {"data_dir": str(tmp_path / "data"), "features": 8, "batch_size": 8,
+            "eval_batch_size": 16, "num_updates": 4, "eval_every": 2,
+            "synthetic": dict(num_train=96, num_validation=24, num_test=8, num_entities=8,
+                              num_facts=4, num_distractors=2, num_filler=1, paraphrase_prob=0.5,
+                              seed=0)}
+    runs = [{"name": f"{cell}_seed{seed}", "overrides": dict(tiny, cell=cell, seed=seed)}
+            for cell in ("lstm", "lnlstm") for seed in (0, 1)]
+    plan = config_dict.ConfigDict({"driver": "experiments.attentive_reader",
+                                   "task": "lnrepro.tasks.attentive_reader",
+                                   "base_config": "configs/attentive_reader.py", "runs": runs})
+    results = tmp_path / "results"
+    assert len(sweep.plan_programs(plan, runs, str(results))) == 2
+    ran = sweep.run_sweep(plan, str(tmp_path / "runs"), str(results))
+    assert ran == [run["name"] for run in runs]
+    for run in runs:
+        record = metrics.load_run(str(results / run["name"]))
+        assert record.finished and record.config["seed"] == run["overrides"]["seed"]
+        assert len(record.provenance) == 1
+    assert sweep.run_sweep(plan, str(tmp_path / "runs"), str(results)) == []

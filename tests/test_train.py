@@ -139,8 +139,8 @@ def test_killed_run_resumes_to_the_same_metrics(tiny, tmp_path, caplog):
         f.write(json.dumps({"round": 2, "epoch": 3, "stale": True}) + "\n")
     with caplog.at_level(logging.WARNING):
         resumed = train.train_and_evaluate(config, workdir, build(load_split))
-    assert "Dropping epoch(s) [3] of metrics.jsonl: recorded after the last checkpoint" in \
-        caplog.text  # never shortened without a message
+    assert f"Dropping epoch(s) [3] of {workdir}/metrics.jsonl: recorded after the last " \
+        "checkpoint" in caplog.text  # never shortened without a message
     assert without_timing(resumed) == without_timing(straight)
     # Provenance says what made each part: the first start (rounds 0-1) and the resume.
     assert [p["first_round"] for p in metrics.read_provenance(workdir)] == [0, 2]

@@ -58,6 +58,20 @@ class AttentiveReader(nn.Module):
                                 scale_init=nn.initializers.constant(rnn.BN_GAMMA_INIT))
         return norm(y, use_running_average=not train, mask=mask)
 
+    def _sequence_dropout(self, x: jax.Array, max_steps: int, train: bool) -> jax.Array:
+        """Dropout on [B, T, F] whose mask does not depend on how far the batch is padded: it is
+        drawn for max_steps steps and cut to T. A member of a group (lnrepro.train.
+        train_members), padded to the longest member's length, then draws the masks its single
+        run draws."""
+        if not train or self.dropout_rate == 0.0:
+            return x
+        if x.shape[1] > max_steps:
+            raise ValueError(f"a batch of {x.shape[1]} steps exceeds max_steps={max_steps}.")
+        keep_prob = 1.0 - self.dropout_rate
+        keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob,
+                                    (x.shape[0], max_steps, x.shape[2]))[:, :x.shape[1]]
+        return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
+
     @nn.compact
     def __call__(self, batch: dict[str, jax.Array], *, train: bool) -> jax.Array:
         """batch: document [B, T], document_mask [B, T], query [B, Q], query_mask [B, Q] ->
@@ -68,9 +82,11 @@ class AttentiveReader(nn.Module):
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
 
         _, y_d = self._runner("document_lstm", self.max_document_steps)(
-            dropout(embed(batch["document"])), doc_mask, train=train)           # [B, T, d]
+            self._sequence_dropout(embed(batch["document"]), self.max_document_steps, train),
+            doc_mask, train=train)                                              # [B, T, d]
         (_, u), _ = self._runner("query_lstm", self.max_query_steps)(
-            dropout(embed(batch["query"])), query_mask, train=train)           # [B, d]
+            self._sequence_dropout(embed(batch["query"]), self.max_query_steps, train),
+            query_mask, train=train)                                            # [B, d]
 
         bilinear = nn.Dense(self.features, use_bias=False, name="bilinear")
         similarity = jnp.einsum("btd,bd->bt", bilinear(y_d), bilinear(u))      # [B, T]

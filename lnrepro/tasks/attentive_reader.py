@@ -9,6 +9,7 @@ stream of batches depends only on (seed, epoch), and the entity permutation of e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -139,11 +140,34 @@ def training_batches(data: cloze.EncodedSplit, config: ml_collections.ConfigDict
         epoch, skip = epoch + 1, 0
 
 
+@functools.lru_cache(maxsize=4)
+def load_corpus(data_dir: str, dataset_config: str, vocab_min_count: int
+                ) -> tuple[cloze.Vocab, cloze.EncodedSplit, cloze.EncodedSplit]:
+    """(vocabulary, training split, validation split), read once per process: the members of a
+    program and the programs of a sweep share them (nothing mutates them)."""
+    vocab = cloze.load_vocab(data_dir, dataset_config, min_count=vocab_min_count)
+    train_data = cloze.load_split(data_dir, "train", vocab, config=dataset_config)
+    valid_data = cloze.load_split(data_dir, "validation", vocab, config=dataset_config)
+    return vocab, train_data, valid_data
+
+
+def stack_padded(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The members' batches (one per member, each bucketed to its own lengths) -> one batch with
+    a leading member axis, every sequence padded at its end with zeros (mask 0) to the longest
+    member's length. Padding changes nothing a member computes: tests/test_attentive_reader.py."""
+    stacked = {}
+    for key in items[0]:
+        arrays = [item[key] for item in items]
+        shape = np.max([a.shape for a in arrays], axis=0)
+        stacked[key] = np.stack([np.pad(a, [(0, n - m) for n, m in zip(shape, a.shape)])
+                                 for a in arrays])
+    return stacked
+
+
 def build_task(config: ml_collections.ConfigDict) -> train.Task:
     _, data_dir = prepare_data(config)
-    vocab = cloze.load_vocab(data_dir, config.dataset_config, min_count=config.vocab_min_count)
-    train_data = cloze.load_split(data_dir, "train", vocab, config=config.dataset_config)
-    valid_data = cloze.load_split(data_dir, "validation", vocab, config=config.dataset_config)
+    vocab, train_data, valid_data = load_corpus(data_dir, config.dataset_config,
+                                                config.vocab_min_count)
     longest = int(max(train_data.document_lengths.max(), valid_data.document_lengths.max()))
     longest_query = int(max(max(len(q) for q in train_data.queries),
                             max(len(q) for q in valid_data.queries)))
@@ -175,4 +199,5 @@ def build_task(config: ml_collections.ConfigDict) -> train.Task:
         evaluate=evaluate,
         examples_per_step=config.batch_size,
         round_name="interval",
+        stack_members=stack_padded,
     )

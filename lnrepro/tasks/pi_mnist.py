@@ -8,6 +8,7 @@ device, so at batch size 4 one Python call runs ~128 steps.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import ml_collections
@@ -118,8 +119,18 @@ def _eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
         yield {"image": image, "label": label, "weight": weight}
 
 
+@functools.lru_cache(maxsize=6)
+def load_split_once(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """mnist.load_split, read once per process: the members of a program and the programs of a
+    sweep share it. Read-only, so no run can change another's data."""
+    images, labels = mnist.load_split(data_dir, split)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
 def build_task(config: ml_collections.ConfigDict,
-               load_split: Callable = mnist.load_split) -> train.Task:
+               load_split: Callable = load_split_once) -> train.Task:
     """The Task for `train.train_and_evaluate`; `load_split(data_dir, split)` reads the data
     (tests pass a reader of a tiny dataset built by the same builder)."""
     train_images, train_labels = load_split(config.data_dir, "train")
