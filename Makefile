@@ -63,7 +63,7 @@ test: setup
 test-slow: setup data
 	$(PY) -m pytest -q -m slow tests
 
-# The quick reproduction (about 12 minutes on 2 cores): every figure from short runs.
+# The quick reproduction (about 8 minutes on 2 cores): every figure from short runs.
 reproduce: setup data
 	$(PY) -m scripts.reproduce --profile=quick
 

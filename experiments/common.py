@@ -22,6 +22,12 @@ class _DropOrbaxInfo(py_logging.Filter):
         return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def setup_logging() -> None:
+    """INFO from our code; orbax's per-save INFO lines dropped."""
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+
+
 def setup_runtime(config, coordinator_address: str | None = None,
                   num_processes: int | None = None, process_id: int | None = None) -> None:
     """Starts JAX's multi-controller runtime when this is one process of several.
@@ -31,8 +37,7 @@ def setup_runtime(config, coordinator_address: str | None = None,
     `config.distributed` alone, jax.distributed.initialize() reads them from the cluster
     environment (SLURM's srun, Open MPI, Kubernetes, Cloud TPU).
     """
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+    setup_logging()
     if coordinator_address:
         if num_processes is None or process_id is None:
             raise ValueError("--coordinator_address needs --num_processes and --process_id.")

@@ -211,7 +211,7 @@ def publish_all(sweep, workdir_root: str, results_dir: str) -> list[str]:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.INFO)
+    common.setup_logging()
     if _PUBLISH_ONLY.value:
         logging.info("published: %s", publish_all(_SWEEP.value, _WORKDIR_ROOT.value,
                                                   _RESULTS_DIR.value))

@@ -211,6 +211,19 @@ def make_run_chunk(task: Task, mesh: jax.sharding.Mesh, log_grad_norm: bool = Tr
     return jax.jit(run_chunk, donate_argnums=(0,))
 
 
+def vmaps_members(num_members: int) -> bool:
+    """Whether train_members stacks its members and vmaps them (accelerators) or calls the one
+    compiled single-run program once per member (the CPU, and any group of one).
+
+    A vmapped program fills the accelerator that one small-batch run leaves idle. The CPU is
+    busy with one run already: there a vmapped batch-4 MLP step ran at 0.5-0.8x the speed of
+    K single runs and a lax.map over members at 0.8x at batch 128
+    (scripts/benchmark_members.py), so the members take turns, and the group saves start-up,
+    data loading and compiling but not step time.
+    """
+    return num_members > 1 and jax.default_backend() != "cpu"
+
+
 def put_global(tree: Any, sharding: NamedSharding) -> Any:
     """Host arrays -> global arrays with `sharding`. Every process holds the whole value (the
     data pipeline is deterministic), so each fills in only the shards of its own devices: this is
@@ -394,12 +407,9 @@ def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> lis
     if last_round is not None:
         states = [checkpoints.restore(manager, last_round, state)
                   for manager, state in zip(managers, states)]
-    # One member trains unvmapped: the plain program, as fast as before members existed.
-    vmapped = num_members > 1
+    vmapped = vmaps_members(num_members)
     if vmapped:
         state, train_rng = stack_members(states), jnp.stack(train_rngs)
-    else:
-        state, train_rng = states[0], train_rngs[0]
     names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
     if writes_record:
         for config, workdir in zip(configs, workdirs):
@@ -425,23 +435,44 @@ def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> lis
     # Evaluation batches come from the host; place them on every device of the mesh (a host
     # array cannot be mixed with global arrays under several processes).
     jit_eval_step = lambda state, batch: jitted_eval_step(state, put_global(batch, replicated))
-    stack = (task.stack_members or stack_arrays) if vmapped else (lambda items: items[0])
+    stack = task.stack_members or stack_arrays
     progress = metrics.Progress(task.num_rounds, first_round)
     alive = [True] * num_members
     rows: list[list[dict]] = [[] for _ in range(num_members)]  # this process's rows
     for round_index in range(first_round, task.num_rounds):
         start = time.time()
-        step_metrics = []
+        step_metrics = []  # per chunk: {key: [members, steps]}
         for items in zip(*(t.train_chunks(round_index) for t in tasks)):
-            chunk = shard_chunk(stack(list(items)), mesh, members=vmapped)
-            state, chunk_metrics = run_chunk(state, device_data, chunk, train_rng)
-            step_metrics.append(chunk_metrics)
-        step_metrics = {k: np.concatenate([np.asarray(m[k]).reshape(num_members, -1)
-                                           for m in step_metrics], axis=1)
+            if vmapped:
+                chunk = shard_chunk(stack(list(items)), mesh, members=True)
+                state, chunk_metrics = run_chunk(state, device_data, chunk, train_rng)
+                step_metrics.append(jax.tree.map(np.asarray, chunk_metrics))
+                continue
+            per_member = []
+            for k, item in enumerate(items):
+                if not alive[k]:  # a diverged member takes no more turns
+                    per_member.append(None)
+                    continue
+                states[k], chunk_metrics = run_chunk(states[k], device_data,
+                                                     shard_chunk(item, mesh), train_rngs[k])
+                per_member.append(chunk_metrics)
+            template = next(m for m in per_member if m is not None)
+            step_metrics.append({key: np.stack([
+                np.full(np.shape(template[key]), np.nan) if m is None else np.asarray(m[key])
+                for m in per_member]) for key in template})
+        step_metrics = {k: np.concatenate([m[k] for m in step_metrics], axis=1)
                         for k in step_metrics[0]}  # [members, steps]
         train_seconds = time.time() - start
-        evaluation = task.evaluate(state, jit_eval_step)  # per-member arrays [members]
-        steps_done = np.atleast_1d(np.asarray(state.step))
+        if vmapped:
+            evaluation = task.evaluate(state, jit_eval_step)  # per-member arrays [members]
+            steps_done = np.asarray(state.step)
+        else:
+            evaluations = [task.evaluate(states[k], jit_eval_step) if alive[k] else None
+                           for k in range(num_members)]
+            template = next(e for e in evaluations if e is not None)
+            evaluation = {key: np.array([np.nan if e is None else e[key] for e in evaluations])
+                          for key in template}
+            steps_done = np.array([int(s.step) for s in states])
         round_seconds = time.time() - start
         for k in range(num_members):
             if not alive[k]:
@@ -476,7 +507,7 @@ def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> lis
         for k in range(num_members):
             if alive[k]:
                 checkpoints.save(managers[k], round_index,
-                                 member(state, k) if vmapped else state)
+                                 member(state, k) if vmapped else states[k])
     for manager in managers:
         manager.close()
     if not writes_record:

@@ -1,6 +1,6 @@
 """The main job: run the experiments' sweeps, then rebuild every figure and table from the records.
 
-  python -m scripts.reproduce --profile=quick   # `make reproduce`: a few epochs, ~12 min on 2 cores
+  python -m scripts.reproduce --profile=quick   # `make reproduce`: a few epochs, ~8 min on 2 cores
   python -m scripts.reproduce --profile=full    # `make reproduce-full`: the paper-length runs
 
 quick writes runs/quick/ (records, figures, tables; nothing committed). full writes its records to
