@@ -141,4 +141,7 @@ def test_members_must_share_their_program(tiny):
     assert len({train.program_key(c) for c in same_program}) == 1
 
 
-RTOL = 1e-4
+# Not bitwise: the vmapped program's batched matmuls add in another order than the single run's,
+# and training amplifies float32 rounding: after 2 epochs of BN at batch 8, 1.5e-4 relative at
+# worst (measured with XLA's default flags; the tests' fast-compile flags give less).
+RTOL = 5e-4
