@@ -132,6 +132,7 @@ def test_shards_split_a_sweep_over_machines_each_run_once():
     (attentive_reader_sweeps, "fig2", "results/attentive_reader/fig2"),
     (attentive_reader_sweeps, "gain", "results/attentive_reader/gain"),
     (attentive_reader_sweeps, "lr_search", "results/attentive_reader/lr_search"),
+    (attentive_reader_sweeps, "long_lr_search", "results/attentive_reader/long_lr_search"),
 ])
 def test_committed_records_match_their_sweeps(sweeps, name, results_dir):
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), results_dir)
