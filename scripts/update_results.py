@@ -26,14 +26,16 @@ NO_RUNS = "_No finished or partial runs recorded yet._"
 
 
 def reader_search_table(records: list[metrics.RunRecord]) -> str:
-    """Validation error (%) per (cell, learning rate): final and best over the short runs."""
-    groups = metrics.group_runs(records, ("cell", "learning_rate"))
+    """Validation error (%) per (cell, learning rate): final and best over the runs (one seed).
+    BN-everywhere is its own row (cell 'bnlstm+everywhere')."""
+    groups = metrics.group_runs(records, ("cell", "bn_everywhere", "learning_rate"))
     lines = ["| cell | learning rate | updates | final validation error (%) | best (%) |",
              "|---|---|---|---|---|"]
-    for (cell, lr), runs in sorted(groups.items()):
+    for (cell, everywhere, lr), runs in sorted(groups.items()):
         run = runs[0]
         errors = [r["valid_error"] for r in run.rows]
-        lines.append(f"| {cell} | {lr:g} | {run.rows[-1]['step']} | {100 * errors[-1]:.1f} | "
+        name = f"{cell}+everywhere" if everywhere else cell
+        lines.append(f"| {name} | {lr:g} | {run.rows[-1]['step']} | {100 * errors[-1]:.1f} | "
                      f"{100 * min(errors):.1f} |")
     return "\n".join(lines)
 
@@ -64,6 +66,7 @@ def tables_and_figures(results: str = RESULTS, write_figures: bool = True) -> di
     mnist_lr = load("pi_mnist", "lr_search")
     fig2, gain = load("attentive_reader", "fig2"), load("attentive_reader", "gain")
     reader_lr = load("attentive_reader", "lr_search")
+    reader_long_lr = load("attentive_reader", "long_lr_search")
 
     def guarded(records, make_table: Callable[[], str]) -> str:
         """The table with a line under it saying what made its records, or NO_RUNS."""
@@ -86,6 +89,8 @@ def tables_and_figures(results: str = RESULTS, write_figures: bool = True) -> di
         "reader table": guarded(fig2, lambda: plot_reader.table(fig2)),
         "gain table": guarded(gain, lambda: gain_table(gain + fig2)),
         "reader lr table": guarded(reader_lr, lambda: reader_search_table(reader_lr)),
+        "reader long lr table": guarded(reader_long_lr,
+                                        lambda: reader_search_table(reader_long_lr)),
         "invariance table": invariance.format_table(invariance.compute_table()),
     }
 
