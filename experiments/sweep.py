@@ -7,9 +7,9 @@ records copied to results/.
 A sweep file's `get_config(name)` returns {'driver', 'task', 'base_config', 'runs': [{'name',
 'overrides'}]}; 'task' is the module whose resolve_config and build_task define a run, 'driver'
 the module that runs one alone (the equivalent command of each run, shown by --dry_run).
-Runs that differ only in seed and optimizer settings train as the members of one program
-(lnrepro.train.train_members): start-up, data loading and compiling are paid once per program,
-not per run. Each member writes its own standard workdir (`<workdir_root>/<name>`), and the
+Runs that differ only in seed and optimizer settings train as the members of one group
+(lnrepro.train.train_members: one vmapped program on an accelerator, turns through one compiled
+program on the CPU): start-up, data loading and compiling are paid once per group, not per run. Each member writes its own standard workdir (`<workdir_root>/<name>`), and the
 sweep copies its record (config.json, metrics.jsonl, provenance.json, diverged.json) to
 `<results_dir>/<name>/` when its program ends, so those small files can be committed while
 checkpoints stay in the workdir. A run is done when its record there is finished or diverged.
@@ -49,8 +49,9 @@ _SHARD = flags.DEFINE_string("shard", None, "INDEX/COUNT: run only every COUNT-t
                              "at INDEX (0-based), to split a sweep over machines, e.g. "
                              "--shard=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.")
 _MEMBERS_PER_PROGRAM = flags.DEFINE_integer(
-    "members_per_program", 0, "At most this many runs train as members of one vmapped program "
-    "(runs of the same shapes; they differ in seed and optimizer settings). 0: all of a group.")
+    "members_per_program", 0, "At most this many runs train as the members of one group (runs "
+    "of the same shapes that differ in seed and optimizer settings; one vmapped program on an "
+    "accelerator, turns through one compiled program on the CPU). 0: all of a group.")
 flags.mark_flags_as_required(["sweep", "workdir_root", "results_dir"])
 
 

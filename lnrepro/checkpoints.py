@@ -4,7 +4,8 @@ Orbax writes each checkpoint to a temporary directory and renames it when comple
 mid-save leaves the previous checkpoint as the latest one. After each save we also write the
 sha256 of every file of the checkpoint (`CHECKSUM_FILE`, inside its step directory); a restore
 verifies them first, so a corrupted checkpoint (a flipped byte, a truncated file) is detected
-rather than silently restored, and the run falls back to the newest checkpoint that verifies.
+rather than silently restored, and the run falls back to the newest checkpoint that verifies
+(`verified_steps`, `restore`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def verify(directory: str) -> str | None:
     """None if the checkpoint in `directory` matches its recorded checksums, else why not."""
     path = os.path.join(directory, CHECKSUM_FILE)
     if not os.path.exists(path):
-        return "it has no checksum file (the run stopped before it was written)"
+        return ("it has no checksum file (the run stopped before it was written, or an older "
+                "lnrepro made it)")
     with open(path) as f:
         expected = json.load(f)
     actual = file_checksums(directory)
@@ -70,7 +72,10 @@ def verify(directory: str) -> str | None:
 def save(manager: ocp.CheckpointManager, round_index: int, state: Any) -> None:
     """Saves the state after `round_index` (0-based), waits until it is on disk, then records
     its checksums (process 0 of a multi-process run; the files are shared)."""
-    manager.save(round_index, args=ocp.args.StandardSave(state))
+    if not manager.save(round_index, args=ocp.args.StandardSave(state), force=True):
+        raise RuntimeError(f"orbax did not save checkpoint {round_index} in "
+                           f"{manager.directory}: a newer one is there. Delete the workdir's "
+                           f"checkpoints/ and metrics.jsonl to start the run over.")
     manager.wait_until_finished()
     if jax.process_index() == 0:
         directory = step_dir(manager, round_index)
@@ -108,7 +113,14 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
     problem = verify(step_dir(manager, step))
     if problem is not None:
         raise NoGoodCheckpointError(f"checkpoint {step_dir(manager, step)}: {problem}.")
-    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as error:  # orbax raises several types for a state it cannot restore
+        raise NoGoodCheckpointError(
+            f"checkpoint {step_dir(manager, step)} cannot be restored into this run's state "
+            f"({type(error).__name__}: {error}). An older lnrepro with another optimizer state "
+            f"may have made it: delete the workdir (or its checkpoints/ and metrics.jsonl) to "
+            f"start the run over.") from error
     newer = [s for s in manager.all_steps() if s > step]
     if newer:
         logging.warning("Resuming from the older checkpoint %s; deleting the later %s.",

@@ -45,9 +45,11 @@ def _json_default(value: Any):
 
 def config_differences(old: dict[str, Any], new: dict[str, Any],
                        ignore: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
-    """key -> (old, new) for the settings two JSON configs disagree on, `ignore` aside. A key a
-    record made before it existed lacks counts as its LEGACY_DEFAULTS value."""
+    """key -> (old, new) for the settings two JSON configs disagree on, `ignore` aside. A key
+    that a config made before the key existed lacks counts as its LEGACY_DEFAULTS value (on
+    either side)."""
     old = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k in new}, **old}
+    new = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k in old}, **new}
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if k not in ignore and old.get(k) != new.get(k)}
 

@@ -366,9 +366,21 @@ def train_members(configs: list[ml_collections.ConfigDict], workdirs: list[str],
                         os.path.join(workdir, LOCK_FILE),
                         f"another process (pid {{pid}}) is training in {workdir}. Wait for it "
                         f"to finish or stop it; two writers would interleave one record."))
-            trained = _train_members(configs, workdirs, tasks, mesh)
-    for k, rows in zip(todo, trained):
-        results[k] = rows
+            # Members resume in lockstep, so those at the same progress train together (a run
+            # half done and a fresh one, grouped by a sweep, train one after the other).
+            by_progress: dict[int, list[int]] = {}
+            for i, workdir in enumerate(workdirs):
+                record = metrics.load_run(workdir)
+                if record is not None and record.done:  # another writer finished it meanwhile
+                    results[todo[i]] = record.rows
+                    continue
+                by_progress.setdefault(len(record.rows) if record else 0, []).append(i)
+            for members in by_progress.values():
+                trained = _train_members([configs[i] for i in members],
+                                         [workdirs[i] for i in members],
+                                         [tasks[i] for i in members], mesh)
+                for i, rows in zip(members, trained):
+                    results[todo[i]] = rows
     return results
 
 
@@ -392,16 +404,29 @@ def _resume_round(managers, workdirs: list[str], round_name: str) -> int | None:
 
 
 def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> list[list[dict]]:
-    task, num_members = tasks[0], len(configs)
-    writes_record = jax.process_index() == 0
     states, train_rngs = [], []
     for config, member_task in zip(configs, tasks):
         init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-        states.append(replicate(create_train_state(init_rng, member_task.model,
-                                                   member_task.init_batch,
-                                                   make_optimizer(config)), mesh))
+        state = create_train_state(init_rng, member_task.model, member_task.init_batch,
+                                   make_optimizer(config))
+        if states:
+            # The first member's apply function and optimizer serve all (the members' own
+            # hyperparameters are in their optimizer states), so the members share one
+            # compiled program: jit keys on these static fields.
+            state = state.replace(apply_fn=states[0].apply_fn, tx=states[0].tx)
+        states.append(replicate(state, mesh))
         train_rngs.append(train_rng)
     managers = [checkpoints.make_manager(workdir) for workdir in workdirs]
+    try:
+        return _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers)
+    finally:
+        for manager in managers:
+            manager.close()
+
+
+def _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers):
+    task, num_members = tasks[0], len(configs)
+    writes_record = jax.process_index() == 0
     last_round = _resume_round(managers, workdirs, task.round_name)
     first_round = 0 if last_round is None else last_round + 1
     if last_round is not None:
@@ -441,6 +466,8 @@ def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> lis
     rows: list[list[dict]] = [[] for _ in range(num_members)]  # this process's rows
     for round_index in range(first_round, task.num_rounds):
         start = time.time()
+        # Seconds each member's own turns took (taking turns), or the program's (vmapped).
+        member_seconds = np.zeros(num_members)
         step_metrics = []  # per chunk: {key: [members, steps]}
         for items in zip(*(t.train_chunks(round_index) for t in tasks)):
             if vmapped:
@@ -453,8 +480,11 @@ def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> lis
                 if not alive[k]:  # a diverged member takes no more turns
                     per_member.append(None)
                     continue
+                turn = time.time()
                 states[k], chunk_metrics = run_chunk(states[k], device_data,
                                                      shard_chunk(item, mesh), train_rngs[k])
+                chunk_metrics = jax.tree.map(np.asarray, chunk_metrics)  # waits for the turn
+                member_seconds[k] += time.time() - turn
                 per_member.append(chunk_metrics)
             template = next(m for m in per_member if m is not None)
             step_metrics.append({key: np.stack([
@@ -462,18 +492,23 @@ def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> lis
                 for m in per_member]) for key in template})
         step_metrics = {k: np.concatenate([m[k] for m in step_metrics], axis=1)
                         for k in step_metrics[0]}  # [members, steps]
-        train_seconds = time.time() - start
+        if vmapped:
+            member_seconds[:] = time.time() - start
+        train_seconds = member_seconds.copy()
         if vmapped:
             evaluation = task.evaluate(state, jit_eval_step)  # per-member arrays [members]
             steps_done = np.asarray(state.step)
+            member_seconds[:] = time.time() - start
         else:
-            evaluations = [task.evaluate(states[k], jit_eval_step) if alive[k] else None
-                           for k in range(num_members)]
+            evaluations = []
+            for k in range(num_members):
+                turn = time.time()
+                evaluations.append(task.evaluate(states[k], jit_eval_step) if alive[k] else None)
+                member_seconds[k] += time.time() - turn
             template = next(e for e in evaluations if e is not None)
             evaluation = {key: np.array([np.nan if e is None else e[key] for e in evaluations])
                           for key in template}
             steps_done = np.array([int(s.step) for s in states])
-        round_seconds = time.time() - start
         for k in range(num_members):
             if not alive[k]:
                 continue
@@ -487,8 +522,8 @@ def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> lis
             row.update({key: float(np.broadcast_to(value, (num_members,))[k])
                         for key, value in evaluation.items()})
             row["examples_per_sec"] = (own_steps["loss"].size * task.examples_per_step
-                                       / train_seconds)
-            row["round_seconds"] = round_seconds
+                                       / train_seconds[k])
+            row["round_seconds"] = float(member_seconds[k])
             bad = _first_non_finite(own_steps) or _first_non_finite(row)
             if bad is not None:
                 alive[k] = False
@@ -508,8 +543,6 @@ def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> lis
             if alive[k]:
                 checkpoints.save(managers[k], round_index,
                                  member(state, k) if vmapped else states[k])
-    for manager in managers:
-        manager.close()
     if not writes_record:
         return rows
     return [metrics.read_metrics(workdir) for workdir in workdirs]

@@ -145,3 +145,31 @@ def test_members_must_share_their_program(tiny):
 # and training amplifies float32 rounding: after 2 epochs of BN at batch 8, 1.5e-4 relative at
 # worst (measured with XLA's default flags; the tests' fast-compile flags give less).
 RTOL = 5e-4
+
+
+def test_a_half_done_run_and_a_fresh_one_in_one_group_both_finish(tiny, tmp_path):
+    """A sweep may group a run that has progressed with a fresh one; they cannot resume in
+    lockstep, so they train one group after the other, each from its own round."""
+    data_dir, load_split = tiny
+    configs = _mnist_members(data_dir)[:2]
+    for config in configs:
+        config.num_epochs = 2
+    workdirs = [str(tmp_path / f"m{k}") for k in range(2)]
+    straight = train.train_and_evaluate(configs[0], str(tmp_path / "straight"),
+                                        build(load_split))
+    short = small_config(data_dir, norm="batch", batch_size=8, num_epochs=2, seed=0,
+                         learning_rate=3e-3)
+
+    class Killed(Exception):
+        pass
+
+    def build_killed_in_epoch_2(cfg):
+        task = pi_mnist.build_task(cfg, load_split=load_split)
+        return dataclasses.replace(task, train_chunks=lambda epoch: (_ for _ in ()).throw(
+            Killed()) if epoch == 1 else task.train_chunks(epoch))
+
+    with pytest.raises(Killed):
+        train.train_and_evaluate(short, workdirs[0], build_killed_in_epoch_2)
+    rows = train.train_members(configs, workdirs, build(load_split))
+    assert without_timing(rows[0]) == without_timing(straight)
+    assert all(metrics.load_run(w).finished for w in workdirs)

@@ -262,3 +262,11 @@ def test_tables_refuse_to_pool_records_of_different_settings():
                              r" but differ in hidden_sizes: \[1000, 1000\] vs \[64, 64\], "
                              r"learning_rate: 0.0001 vs 0.001"):
         metrics.group_runs(seeds + [stale], ("norm", "batch_size"))
+
+
+def test_records_from_before_a_setting_existed_pool_with_newer_ones_either_way_round():
+    old = {"norm": "layer", "batch_size": 4, "seed": 0}
+    new = dict(old, seed=1, matmul_precision="highest")
+    for records in ([old, new], [new, old]):
+        runs = [metrics.RunRecord(f"r{i}", c, []) for i, c in enumerate(records)]
+        assert [len(g) for g in metrics.group_runs(runs, ("norm",)).values()] == [2]
