@@ -424,6 +424,14 @@ def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> lis
             manager.close()
 
 
+def _stack_member_metrics(per_member: list[dict | None]) -> dict[str, np.ndarray]:
+    """One chunk's step metrics of each member (None: diverged, no turn) -> {key: [members,
+    steps]}, NaN for the members without a turn."""
+    template = next(m for m in per_member if m is not None)
+    return {key: np.stack([np.full(np.shape(template[key]), np.nan) if m is None
+                           else np.asarray(m[key]) for m in per_member]) for key in template}
+
+
 def _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers):
     task, num_members = tasks[0], len(configs)
     writes_record = jax.process_index() == 0
@@ -483,16 +491,17 @@ def _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers):
                 turn = time.time()
                 states[k], chunk_metrics = run_chunk(states[k], device_data,
                                                      shard_chunk(item, mesh), train_rngs[k])
-                chunk_metrics = jax.tree.map(np.asarray, chunk_metrics)  # waits for the turn
-                member_seconds[k] += time.time() - turn
+                if num_members > 1:  # time the member's turn (waiting for it)
+                    chunk_metrics = jax.tree.map(np.asarray, chunk_metrics)
+                    member_seconds[k] += time.time() - turn
                 per_member.append(chunk_metrics)
-            template = next(m for m in per_member if m is not None)
-            step_metrics.append({key: np.stack([
-                np.full(np.shape(template[key]), np.nan) if m is None else np.asarray(m[key])
-                for m in per_member]) for key in template})
+            # Kept on the device until the round ends: a lone run's chunks stay asynchronous.
+            step_metrics.append(per_member)
+        if not vmapped:
+            step_metrics = [_stack_member_metrics(per_member) for per_member in step_metrics]
         step_metrics = {k: np.concatenate([m[k] for m in step_metrics], axis=1)
                         for k in step_metrics[0]}  # [members, steps]
-        if vmapped:
+        if vmapped or num_members == 1:
             member_seconds[:] = time.time() - start
         train_seconds = member_seconds.copy()
         if vmapped:
