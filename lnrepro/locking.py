@@ -37,34 +37,42 @@ def _mark_held(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(path: str | os.PathLike, what: str = "this") -> Iterator[None]:
-    """Holds an exclusive lock on `path` (created if missing) for the `with` block, waiting for
-    another holder to finish first. `what` names the work in the message logged while waiting."""
-    path = os.fspath(path)
-    fd = _open(path)
+def _locked(path: str | os.PathLike, on_busy) -> Iterator[int]:
+    """Holds an exclusive flock on `path` (created if missing) for the `with` block; if another
+    process holds it, calls on_busy(fd) first, which waits (flock) or raises."""
+    fd = _open(os.fspath(path))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = False
         except BlockingIOError:
-            logging.info("Waiting for another process to finish %s (lock %s).", what, path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+            busy = True
+        if busy:  # outside the except: a raised error is not chained to BlockingIOError
+            on_busy(fd)
+        yield fd
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike, what: str = "this") -> Iterator[None]:
+    """Holds an exclusive lock on `path` (created if missing) for the `with` block, waiting for
+    another holder to finish first. `what` names the work in the message logged while waiting."""
+    def wait(fd: int) -> None:
+        logging.info("Waiting for another process to finish %s (lock %s).", what, path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    with _locked(path, wait):
+        yield
 
 
 @contextlib.contextmanager
 def exclusive_or_fail(path: str | os.PathLike, busy_message: str) -> Iterator[None]:
     """Like `exclusive`, but raises LockedError at once if a live process holds the lock;
     `busy_message` may use {pid} for the holder's pid."""
-    path = os.fspath(path)
-    fd = _open(path)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(busy_message.format(pid=_holder(fd))) from None
+    def fail(fd: int) -> None:
+        raise LockedError(busy_message.format(pid=_holder(fd)))
+
+    with _locked(path, fail) as fd:
         _mark_held(fd)
         yield
-    finally:
-        os.close(fd)

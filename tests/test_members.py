@@ -5,15 +5,14 @@ member is stopped and recorded while the others go on.
 On the CPU, train_members runs its members one after another (train.vmaps_members); the
 `vmapped` fixture forces the vmapped program an accelerator runs, so both are tested here."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 
 from lnrepro import metrics, train
-from lnrepro.tasks import attentive_reader, pi_mnist
+from lnrepro.tasks import attentive_reader
 from tests import test_attentive_reader
-from tests.test_train import build, small_config, without_timing
+from tests.test_train import build, killed_after, small_config, without_timing
 
 COMPARED = ("train_loss_running", "train_nll", "valid_nll", "test_nll", "valid_error",
             "test_error")
@@ -83,18 +82,7 @@ def test_a_killed_group_resumes_to_the_same_metrics(tiny, tmp_path, vmapped):
     straight = train.train_members(configs, [str(tmp_path / f"s{k}") for k in range(2)],
                                    build(load_split))
 
-    class Killed(Exception):
-        pass
-
-    def build_killed_in_epoch_3(cfg):
-        task = pi_mnist.build_task(cfg, load_split=load_split)
-
-        def chunks(epoch):
-            if epoch == 2:
-                raise Killed()
-            return task.train_chunks(epoch)
-        return dataclasses.replace(task, train_chunks=chunks)
-
+    build_killed_in_epoch_3, Killed = killed_after(2, load_split)
     workdirs = [str(tmp_path / f"k{k}") for k in range(2)]
     with pytest.raises(Killed):
         train.train_members(configs, workdirs, build_killed_in_epoch_3)
@@ -157,19 +145,9 @@ def test_a_half_done_run_and_a_fresh_one_in_one_group_both_finish(tiny, tmp_path
     workdirs = [str(tmp_path / f"m{k}") for k in range(2)]
     straight = train.train_and_evaluate(configs[0], str(tmp_path / "straight"),
                                         build(load_split))
-    short = small_config(data_dir, norm="batch", batch_size=8, num_epochs=2, seed=0,
-                         learning_rate=3e-3)
-
-    class Killed(Exception):
-        pass
-
-    def build_killed_in_epoch_2(cfg):
-        task = pi_mnist.build_task(cfg, load_split=load_split)
-        return dataclasses.replace(task, train_chunks=lambda epoch: (_ for _ in ()).throw(
-            Killed()) if epoch == 1 else task.train_chunks(epoch))
-
+    build_killed_in_epoch_2, Killed = killed_after(1, load_split)
     with pytest.raises(Killed):
-        train.train_and_evaluate(short, workdirs[0], build_killed_in_epoch_2)
+        train.train_and_evaluate(configs[0], workdirs[0], build_killed_in_epoch_2)
     rows = train.train_members(configs, workdirs, build(load_split))
     assert without_timing(rows[0]) == without_timing(straight)
     assert all(metrics.load_run(w).finished for w in workdirs)

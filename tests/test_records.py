@@ -15,23 +15,7 @@ from configs import pi_mnist as pi_mnist_config
 from lnrepro import checkpoints, locking, metrics, train, validation
 from lnrepro.tasks import pi_mnist
 from tests import test_train
-from tests.test_train import build, small_config, without_timing
-
-
-def _killed_after(rounds_done: int, load_split):
-    """A build_task whose run dies when round `rounds_done` starts (after its checkpoints)."""
-    class Killed(Exception):
-        pass
-
-    def build_task(cfg):
-        task = pi_mnist.build_task(cfg, load_split=load_split)
-
-        def chunks(epoch):
-            if epoch == rounds_done:
-                raise Killed()
-            return task.train_chunks(epoch)
-        return dataclasses.replace(task, train_chunks=chunks)
-    return build_task, Killed
+from tests.test_train import build, killed_after, small_config, without_timing
 
 
 # ------------------------------------------------------------------------------------------------
@@ -93,7 +77,7 @@ def test_corrupted_checkpoint_is_detected_and_the_run_falls_back(tiny, tmp_path,
     config = small_config(data_dir, norm="batch", num_epochs=3)
     straight = train.train_and_evaluate(config, str(tmp_path / "straight"), build(load_split))
     workdir = str(tmp_path / "killed")
-    killed_build, Killed = _killed_after(2, load_split)
+    killed_build, Killed = killed_after(2, load_split)
     with pytest.raises(Killed):
         train.train_and_evaluate(config, workdir, killed_build)
     newest = os.path.join(workdir, checkpoints.CHECKPOINT_DIR, "1")
@@ -108,7 +92,7 @@ def test_corrupted_checkpoint_is_detected_and_the_run_falls_back(tiny, tmp_path,
 def test_when_no_checkpoint_verifies_the_run_stops_and_says_what_to_do(tiny, tmp_path):
     data_dir, load_split = tiny
     config = small_config(data_dir, num_epochs=3)
-    killed_build, Killed = _killed_after(2, load_split)
+    killed_build, Killed = killed_after(2, load_split)
     with pytest.raises(Killed):
         train.train_and_evaluate(config, str(tmp_path), killed_build)
     for step in ("0", "1"):
@@ -144,7 +128,7 @@ def test_a_finished_record_is_returned_as_is_without_writing(tiny, tmp_path, mon
 def test_an_unfinished_record_without_checkpoints_is_refused_not_wiped(tiny, tmp_path):
     data_dir, load_split = tiny
     config = small_config(data_dir, num_epochs=3)
-    killed_build, Killed = _killed_after(2, load_split)
+    killed_build, Killed = killed_after(2, load_split)
     with pytest.raises(Killed):
         train.train_and_evaluate(config, str(tmp_path), killed_build)
     os.system(f"rm -rf {tmp_path}/{checkpoints.CHECKPOINT_DIR}")

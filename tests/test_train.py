@@ -37,6 +37,23 @@ def build(load_split):
     return lambda config: pi_mnist.build_task(config, load_split=load_split)
 
 
+def killed_after(rounds_done: int, load_split):
+    """(build_task, Killed): a build_task whose run dies when round `rounds_done` starts (after
+    that round's checkpoint), raising Killed."""
+    class Killed(Exception):
+        pass
+
+    def build_task(cfg):
+        task = pi_mnist.build_task(cfg, load_split=load_split)
+
+        def chunks(epoch):
+            if epoch == rounds_done:
+                raise Killed()
+            return task.train_chunks(epoch)
+        return dataclasses.replace(task, train_chunks=chunks)
+    return build_task, Killed
+
+
 def without_timing(rows):
     return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
 
@@ -118,18 +135,7 @@ def test_killed_run_resumes_to_the_same_metrics(tiny, tmp_path, caplog):
     config = small_config(data_dir, norm="batch", batch_size=8, num_epochs=3)
     straight = train.train_and_evaluate(config, str(tmp_path / "straight"), build(load_split))
 
-    class Killed(Exception):
-        pass
-
-    def build_killed_in_epoch_3(cfg):
-        task = pi_mnist.build_task(cfg, load_split=load_split)
-
-        def chunks(epoch):
-            if epoch == 2:
-                raise Killed()
-            return task.train_chunks(epoch)
-        return dataclasses.replace(task, train_chunks=chunks)
-
+    build_killed_in_epoch_3, Killed = killed_after(2, load_split)
     workdir = str(tmp_path / "killed")
     with pytest.raises(Killed):
         train.train_and_evaluate(config, workdir, build_killed_in_epoch_3)
