@@ -10,6 +10,9 @@
              Every variant at each of 1e-3, 2e-3 and 4e-3 for 30k updates (seed 0, the cheap
              LSTM and LN-LSTM first): the rate per variant, chosen on validation where the
              curves have flattened, for the long runs.
+  long       Each variant at its rate from long_lr_search (LONG_RATES), 30k updates, seeds
+             0-4, seed by seed so that every finished prefix is balanced. BN-everywhere joins
+             once its rate is searched.
 
   python -m experiments.sweep --sweep=configs/attentive_reader_sweeps.py:fig2 \
       --workdir_root=runs/attentive_reader/fig2 --results_dir=results/attentive_reader/fig2
@@ -30,6 +33,12 @@ LR_SEARCH_RATES, LR_SEARCH_UPDATES = (1e-3, 2e-3, 4e-3), 2000
 
 # Long enough for the validation curves to flatten on the CPU profile's corpus.
 LONG_UPDATES, LONG_EVAL_EVERY = 30_000, 500
+
+
+# The rate per variant with the lowest final validation error in long_lr_search (seed 0);
+# tests/test_sweep.py checks these against the committed records.
+LONG_RATES = {"lnlstm": 1e-3, "lstm": 2e-3, "bnlstm": 2e-3}
+LONG_SEEDS = (0, 1, 2, 3, 4)
 
 
 def _run(name, **overrides):
@@ -59,6 +68,12 @@ def long_lr_search_runs():
             for lr in LR_SEARCH_RATES]
 
 
+def long_runs():
+    return [_run(f"{variant}_seed{seed}", seed=seed, learning_rate=lr,
+                 num_updates=LONG_UPDATES, eval_every=LONG_EVAL_EVERY, **VARIANTS[variant])
+            for seed in LONG_SEEDS for variant, lr in LONG_RATES.items()]
+
+
 SWEEPS = {
     "fig2": fig2_runs,
     "quick": lambda: fig2_runs(seeds=(0,), num_updates=QUICK_UPDATES,
@@ -66,6 +81,7 @@ SWEEPS = {
     "gain": gain_runs,
     "lr_search": lr_search_runs,
     "long_lr_search": long_lr_search_runs,
+    "long": long_runs,
 }
 
 

@@ -133,6 +133,7 @@ def test_shards_split_a_sweep_over_machines_each_run_once():
     (attentive_reader_sweeps, "gain", "results/attentive_reader/gain"),
     (attentive_reader_sweeps, "lr_search", "results/attentive_reader/lr_search"),
     (attentive_reader_sweeps, "long_lr_search", "results/attentive_reader/long_lr_search"),
+    (attentive_reader_sweeps, "long", "results/attentive_reader/long"),
 ])
 def test_committed_records_match_their_sweeps(sweeps, name, results_dir):
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), results_dir)
@@ -140,6 +141,18 @@ def test_committed_records_match_their_sweeps(sweeps, name, results_dir):
         sweep.check_record(root, run["name"],
                            sweep.expected_config(sweeps.get_config(name),
                                                  dict(run["overrides"])))
+
+
+def test_the_long_runs_use_each_variants_best_rate_from_the_long_search():
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "results/attentive_reader/long_lr_search")
+    for variant, chosen in attentive_reader_sweeps.LONG_RATES.items():
+        final_error = {}
+        for lr in attentive_reader_sweeps.LR_SEARCH_RATES:
+            record = metrics.load_run(os.path.join(root, f"{variant}_lr{lr:g}"))
+            assert record.finished
+            final_error[lr] = record.rows[-1]["valid_error"]
+        assert chosen == min(final_error, key=final_error.get), (variant, final_error)
 
 
 def test_sweep_groups_runs_that_share_shapes_into_programs(tmp_path):
