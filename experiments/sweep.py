@@ -165,7 +165,10 @@ def plan_programs(sweep, runs, results_dir: str, members_per_program: int = 0
     for members in groups.values():
         size = members_per_program or len(members)
         programs += [members[i:i + size] for i in range(0, len(members), size)]
-    return programs
+    # Programs start in the sweep's order of their first member, so that with small programs
+    # the sweep's priority order (e.g. seed by seed) is kept.
+    position = {run["name"]: i for i, run in enumerate(runs)}
+    return sorted(programs, key=lambda program: position[program[0][0]["name"]])
 
 
 def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False,

@@ -165,6 +165,8 @@ def test_sweep_groups_runs_that_share_shapes_into_programs(tmp_path):
         assert sorted(c.seed for c in configs) == [0, 1, 2]
         assert len({(c.norm, c.batch_size) for c in configs}) == 1
     assert len(sweep.plan_programs(plan, plan.runs, empty, members_per_program=2)) == 12
+    one_each = sweep.plan_programs(plan, plan.runs, empty, members_per_program=1)
+    assert [p[0][0]["name"] for p in one_each] == [r["name"] for r in plan.runs]  # sweep order
 
 
 def test_a_sweep_runs_its_programs_in_one_process_and_publishes_every_member(tmp_path):
