@@ -28,6 +28,7 @@ endif
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 DATA_DIR := data/tfds
 
+SHELL := /bin/bash
 .PHONY: setup check-env check-python data test test-slow reproduce reproduce-full results \
         benchmark clean
 
@@ -54,7 +55,7 @@ check-env: check-python
 # (lnrepro/data/mnist.py). Always asked: it returns in a second when the dataset is there, and
 # rebuilds one that was deleted.
 data: setup
-	$(PY) -m lnrepro.data.mnist --data_dir=$(DATA_DIR)
+	$(PY) -m experiments.prepare_data --dataset=pi_mnist --data_dir=$(DATA_DIR)
 
 # The tests build their own tiny datasets; slow reproduction tests are deselected.
 test: setup
@@ -63,7 +64,7 @@ test: setup
 test-slow: setup data
 	$(PY) -m pytest -q -m slow tests
 
-# The quick reproduction (about 8 minutes on 2 cores): every figure from short runs.
+# The quick reproduction (minutes on 2 cores; README, runtimes table): short runs, every figure.
 reproduce: setup data
 	$(PY) -m scripts.reproduce --profile=quick
 
@@ -76,11 +77,15 @@ reproduce-full: setup data
 results: setup
 	$(PY) -m scripts.update_results
 
+# Each benchmark's output is saved in results/benchmarks/ (the README's benchmark tables are
+# rebuilt from these files by `make results`).
+BENCHMARKS := ops train reader members
 benchmark: setup
-	$(PY) -m scripts.benchmark_ops
-	$(PY) -m scripts.benchmark_train
-	$(PY) -m scripts.benchmark_reader
-	$(PY) -m scripts.benchmark_members
+	@mkdir -p results/benchmarks
+	set -o pipefail; for b in $(BENCHMARKS); do \
+	  $(PY) -m scripts.benchmark_$$b | tee results/benchmarks/$$b.md.tmp && \
+	  mv results/benchmarks/$$b.md.tmp results/benchmarks/$$b.md || exit 1; done
+	$(PY) -m scripts.update_results
 
 clean:
 	rm -rf runs

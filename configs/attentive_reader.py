@@ -6,24 +6,35 @@ Default (`configs/attentive_reader.py`): the CPU profile on the synthetic cloze 
   python -m experiments.attentive_reader --config=configs/attentive_reader.py \
       --config.cell=lnlstm --workdir=runs/attentive_reader/lnlstm_seed0
 
+The file takes presets and `key=value,...` (configs/common.py):
 `--config=configs/attentive_reader.py:paper` gives the paper's settings for the real CNN corpus
-(needs --config.manual_dir=<dir holding cnn/questions>; days of compute on a CPU).
+(needs manual_dir=<dir holding cnn/questions>; days of compute on a CPU), and
+`:cell=bnlstm,synthetic.num_facts=6` changes single settings.
 """
-
-import os
 
 from ml_collections import config_dict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from configs import common
+
+# The paper's settings for the CNN corpus (sec. 6.2, and the code it builds on: github.com/cooijmanstim/Attentive_reader, branch bn).
+PAPER = {
+    "corpus": "cnn",
+    "dataset_config": "top4",
+    "features": 240,
+    "dropout_rate": 0.5,
+    "learning_rate": 8e-5,
+    "batch_size": 64,
+    "num_updates": 800_000,  # Fig. 2's x axis
+    "eval_every": 1000,
+}
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c = config_dict.ConfigDict()
-    c.experiment = "attentive_reader"
-    c.data_dir = os.path.join(REPO, "data", "tfds")
+    common.add_run_settings(c)
     c.corpus = "synthetic"  # synthetic | cnn
     c.manual_dir = ""  # cnn: the directory holding cnn/questions/{training,validation,test}
-    c.dataset_config = "full"  # full | top4 (top4: the 4 best-matching sentences, [RBN])
+    c.dataset_config = "full"  # full | top4 (top4: the 4 best-matching sentences, as in Cooijmans et al. 2016)
     c.vocab_min_count = 1
     # The synthetic corpus (our CPU stand-in for CNN; see the module docstring for what it can
     # and cannot say about the paper's claim).
@@ -36,7 +47,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
     # Model (cooijmanstim/Attentive_reader, ryankiros/layer-norm README).
     c.cell = "lnlstm"  # lstm | bnlstm | lnlstm
-    c.bn_everywhere = False  # BN on the attention and readout terms too ([AR-code] bnff)
+    c.bn_everywhere = False  # BN on the attention and readout terms too (cooijmanstim/Attentive_reader's bnff)
     c.ln_gain_init = 1.0  # sec. 6.2: 1.0 was significantly better than 0.1
     c.features = 64  # CPU profile (the paper: 240)
     c.dropout_rate = 0.1  # CPU profile, our choice (0.5 slowed early learning); paper: 0.5
@@ -57,27 +68,5 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Log the global gradient norm of every step (grad_norm_max per interval). Free here: the
     # gradient clipping computes it anyway.
     c.log_grad_norm = True
-    # float32 matmul precision for training and evaluation (jax.default_matmul_precision).
-    # "highest": true float32 products on every backend, so a record means the same on a CPU and
-    # a GPU; that is what a reproduction needs. "default" lets a GPU use TF32 (a 10-bit mantissa)
-    # and a TPU bfloat16 passes: faster there, but the numbers then depend on the backend (on a
-    # CPU both are float32). Recorded in config.json and provenance.json.
-    c.matmul_precision = "highest"
-    c.seed = 0
-    # Several hosts: jax.distributed.initialize() reads the processes from the cluster
-    # environment (SLURM's srun, Open MPI, Kubernetes). Without a cluster manager, the drivers'
-    # --coordinator_address, --num_processes and --process_id name them instead (README).
-    c.distributed = False
 
-    if arg == "paper":
-        c.corpus = "cnn"
-        c.dataset_config = "top4"
-        c.features = 240
-        c.dropout_rate = 0.5
-        c.learning_rate = 8e-5
-        c.batch_size = 64
-        c.num_updates = 800_000  # Fig. 2's x axis
-        c.eval_every = 1000
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; use 'paper' or nothing.")
-    return c
+    return common.apply_argument(c, arg, presets={"paper": PAPER})

@@ -52,7 +52,6 @@ _MEMBERS_PER_PROGRAM = flags.DEFINE_integer(
     "members_per_program", 0, "At most this many runs train as the members of one group (runs "
     "of the same shapes that differ in seed and optimizer settings; one vmapped program on an "
     "accelerator, turns through one compiled program on the CPU). 0: all of a group.")
-flags.mark_flags_as_required(["sweep", "workdir_root", "results_dir"])
 
 
 def run_command(driver: str, base_config: str, overrides: dict[str, Any], workdir: str) -> list:
@@ -226,4 +225,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Required only when run: a test process that imports this module and parses other flags
+    # must not need them.
+    flags.mark_flags_as_required(["sweep", "workdir_root", "results_dir"])
     app.run(main)

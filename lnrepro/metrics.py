@@ -21,8 +21,11 @@ PROVENANCE_FILE = "provenance.json"
 DIVERGED_FILE = "diverged.json"  # a run stopped because its loss or metrics stopped being finite
 RECORD_FILES = (CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, DIVERGED_FILE)
 # Settings that may differ between a run and its record without changing what it trains: where
-# the data lives, and a logged diagnostic (training is identical with it on or off).
-RESUMABLE_CHANGES = ("data_dir", "log_grad_norm")
+# the data lives, a logged diagnostic (training is identical with it on or off), and the table a
+# default learning rate is looked up in (config.json records the rate itself).
+RESUMABLE_CHANGES = ("data_dir", "log_grad_norm", "searched_learning_rates")
+# Settings that older records carry and no config has any more; none of them changed training.
+RETIRED_SETTINGS = ("experiment",)
 # Settings added after records were made, with the value those records ran with.
 # matmul_precision: every record made before it existed ran on the CPU, where every precision
 # computes true float32 products ("highest"; tests/test_train.py checks they train identically).
@@ -47,7 +50,9 @@ def config_differences(old: dict[str, Any], new: dict[str, Any],
                        ignore: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
     """key -> (old, new) for the settings two JSON configs disagree on, `ignore` aside. A key
     that a config made before the key existed lacks counts as its LEGACY_DEFAULTS value (on
-    either side)."""
+    either side); RETIRED_SETTINGS are not compared."""
+    old = {k: v for k, v in old.items() if k not in RETIRED_SETTINGS}
+    new = {k: v for k, v in new.items() if k not in RETIRED_SETTINGS}
     old = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k in new}, **old}
     new = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k in old}, **new}
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))

@@ -12,6 +12,9 @@ Equations (Ba, Kiros, Hinton 2016, sec. 3; Ioffe and Szegedy 2015; Salimans and 
   weight norm  w_i = g_i v_i / ||v_i||
 
 Layer norm reduces over the features of one example; batch norm over the examples for each feature.
+
+On a GPU, `layer_norm` runs the fused Pallas kernels of `lnrepro.pallas_layer_norm` for the shapes
+they serve (`layer_norm_implementation`); the CPU always runs the jnp implementation here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from lnrepro import pallas_layer_norm
 
 Array = jax.Array
 Axes = int | Sequence[int]
@@ -68,7 +73,8 @@ def _broadcastable(p: Array, x_shape: tuple[int, ...], axes: tuple[int, ...]) ->
 # ----------------------------------------------------------------------------------------------
 
 def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *,
-               axis: Axes = -1, epsilon: float = DEFAULT_EPSILON) -> Array:
+               axis: Axes = -1, epsilon: float = DEFAULT_EPSILON,
+               implementation: str | None = None, interpret: bool = False) -> Array:
     """Layer normalization (Ba et al. 2016, eq. 4), statistics per example over `axis`.
 
     Args:
@@ -78,11 +84,17 @@ def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
       axis: the feature axis or axes to normalize over. All other axes are independent rows, so
         one example's output never depends on another's, and a time axis is handled in one call.
       epsilon: added to the biased variance inside the square root.
+      implementation: "xla" (jnp ops with a custom VJP), "pallas" (the fused kernels of
+        `lnrepro.pallas_layer_norm`), or None: `layer_norm_implementation` picks, "pallas" on a
+        single GPU for the shapes the kernels serve and "xla" everywhere else (so the CPU always
+        runs the XLA path).
+      interpret: run the Pallas kernels through Pallas's interpreter (any backend; for tests).
+        Implies implementation="pallas".
 
     Returns:
       y with x's shape and dtype.
 
-    The backward pass is a custom VJP from the saved per-row mean and reciprocal standard
+    Both implementations have a custom VJP from the saved per-row mean and reciprocal standard
     deviation, so forward + backward reads x twice and the cotangent twice instead of keeping the
     autodiff graph of the textbook formula alive (see scripts/benchmark_ops.py).
     """
@@ -91,7 +103,41 @@ def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
         _broadcastable(scale, x.shape, axes)
     if bias is not None:
         _broadcastable(bias, x.shape, axes)
-    return _layer_norm(x, scale, bias, axes, float(epsilon))
+    if interpret:
+        if implementation not in (None, "pallas"):
+            raise ValueError(f"interpret=True runs the Pallas kernels; it cannot be combined with "
+                             f"implementation={implementation!r}.")
+        implementation = "pallas"
+    if implementation is None:
+        implementation = layer_norm_implementation(x.shape, x.dtype, axes, jax.default_backend(),
+                                                   jax.device_count())
+    if implementation == "xla":
+        return _layer_norm(x, scale, bias, axes, float(epsilon))
+    if implementation != "pallas":
+        raise ValueError(f"implementation must be None, 'xla' or 'pallas', got "
+                         f"{implementation!r}.")
+    if not pallas_layer_norm.kernel_serves(x.shape, x.dtype, axes):
+        raise ValueError(
+            f"the Pallas layer norm serves float32 and bfloat16 inputs normalized over the last "
+            f"axis only, with 1 to {pallas_layer_norm.MAX_FEATURES} features; got shape "
+            f"{x.shape}, dtype {x.dtype}, axes {axes}.")
+    return _layer_norm_fused(x, scale, bias, float(epsilon), bool(interpret))
+
+
+def layer_norm_implementation(shape: Sequence[int], dtype, axes: Sequence[int], backend: str,
+                              device_count: int) -> str:
+    """The implementation `layer_norm` runs by default: "pallas" on a single GPU
+    (jax.default_backend() == "gpu", jax.device_count() == 1) where
+    `pallas_layer_norm.kernel_serves` the shape and dtype, "xla" otherwise.
+
+    The CPU keeps the XLA path, unchanged, so that records made on the CPU stay reproducible.
+    Several devices keep it too: XLA cannot partition a Pallas call, so under a data-parallel
+    jit (lnrepro.train's mesh) it would gather the whole batch onto every device.
+    """
+    if (backend == "gpu" and device_count == 1
+            and pallas_layer_norm.kernel_serves(shape, dtype, axes)):
+        return "pallas"
+    return "xla"
 
 
 def _row_statistics(x: Array, axes: tuple[int, ...], epsilon: float) -> tuple[Array, Array]:
@@ -147,6 +193,65 @@ def _layer_norm_bwd(axes, epsilon, residuals, dy):
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+# The fused path: x viewed as [R, H] (features on the last axis). The residuals are the same as
+# the XLA path's (x, per-row mean and rstd, the parameters), so nothing of x's size is saved but
+# x itself. Without `interpret`, the Triton kernels are staged out for CUDA and ROCm only, with
+# the XLA path as the other platforms' branch: a jitted function whose default backend is a GPU
+# but which is placed on the CPU then runs XLA instead of failing to lower Triton for the CPU.
+
+def _rows_forward(x2, scale, bias, epsilon):
+    """The XLA forward on [R, H], in the fused path's layout: y, mean [R], rstd [R]."""
+    y, (_, mean, rstd, _, _) = _layer_norm_fwd(x2, scale, bias, (1,), epsilon)
+    return y, mean[:, 0], rstd[:, 0]
+
+
+def _rows_backward(x2, scale, dy2, mean, rstd, want_dscale, want_dbias):
+    """The XLA backward on [R, H], as `pallas_layer_norm.backward` returns it (float32 sums)."""
+    del want_dscale  # there is a gain gradient exactly when there is a gain
+    scale = None if scale is None else scale.astype(jnp.float32)
+    bias = jnp.zeros(x2.shape[1:], jnp.float32) if want_dbias else None  # only its dtype counts
+    return _layer_norm_bwd((1,), 0.0, (x2, mean[:, None], rstd[:, None], scale, bias), dy2)
+
+
+def _fused_forward(x2, scale, bias, epsilon, interpret):
+    kernel = functools.partial(pallas_layer_norm.forward, epsilon=epsilon, interpret=interpret)
+    if interpret:
+        return kernel(x2, scale, bias)
+    return jax.lax.platform_dependent(
+        x2, scale, bias, cuda=kernel, rocm=kernel,
+        default=functools.partial(_rows_forward, epsilon=epsilon))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _layer_norm_fused(x, scale, bias, epsilon, interpret):
+    y, _, _ = _fused_forward(x.reshape(-1, x.shape[-1]), scale, bias, epsilon, interpret)
+    return y.reshape(x.shape)
+
+
+def _layer_norm_fused_fwd(x, scale, bias, epsilon, interpret):
+    y, mean, rstd = _fused_forward(x.reshape(-1, x.shape[-1]), scale, bias, epsilon, interpret)
+    return y.reshape(x.shape), (x, mean, rstd, scale, bias)
+
+
+def _layer_norm_fused_bwd(epsilon, interpret, residuals, dy):
+    x, mean, rstd, scale, bias = residuals
+    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, x.shape[-1])
+    flags = dict(want_dscale=scale is not None, want_dbias=bias is not None)
+    kernel = functools.partial(pallas_layer_norm.backward, **flags, interpret=interpret)
+    if interpret:
+        dx, dscale, dbias = kernel(x2, scale, dy2, mean, rstd)
+    else:
+        dx, dscale, dbias = jax.lax.platform_dependent(
+            x2, scale, dy2, mean, rstd, cuda=kernel, rocm=kernel,
+            default=functools.partial(_rows_backward, **flags))
+    return (dx.reshape(x.shape),
+            None if scale is None else dscale.astype(scale.dtype),
+            None if bias is None else dbias.astype(bias.dtype))
+
+
+_layer_norm_fused.defvjp(_layer_norm_fused_fwd, _layer_norm_fused_bwd)
 
 
 def layer_norm_reference(x: Array, scale: Array | None = None, bias: Array | None = None, *,

@@ -65,6 +65,7 @@ def collect(matmul_precision: str) -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
+        "cpu_count": os.cpu_count(),  # XLA:CPU is one device however many cores it uses
         "process_count": jax.process_count(),
         "matmul_precision": matmul_precision,
     }

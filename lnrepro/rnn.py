@@ -1,19 +1,28 @@
 """Recurrent cells (LSTM, LN-LSTM, BN-LSTM, GRU, LN-GRU) and the sequence runner.
 
-Every cell splits its work in two so that the runner can keep the time loop small:
+Every cell has the same interface, so the runner treats them all alike:
 
-  project_inputs(xs, mask, train) -> [B, T, G]   the input-side terms W_x x for all time steps in one
-                                                  matmul, normalized in one vectorized call (LN works
-                                                  per row, so [B, T, G] is LN at every time step)
-  step(carry, StepInput, train) -> (carry, (h, aux))   the recurrence, run by `nn.scan`
+  project_inputs(xs, mask, train) -> InputTerms(terms [B, T, G], batch_stats)
+      the input-side terms W_x x of all time steps in one matmul, normalized in one vectorized
+      call (LN works per row, so LN of [B, T, G] is LN at every time step)
+  step(carry, StepInput, train) -> (carry, StepOutput(h [B, H], batch_stats))
+      one step of the recurrence, run by `nn.scan`
+  hidden(carry) -> h [B, H]
+      the output in a carry ((c, h) for LSTMs, h for GRUs)
+  population_statistics(num_steps), update_population(input_stats, step_stats, mask)
+      the running statistics; `_Cell`'s defaults are those of a cell that keeps none
 
-and `__call__(carry, x)` composes the two for one step: flax's `(carry, x) -> (carry, y)` interface,
-so a cell also works with `flax.linen.RNN` or a hand-written loop.
+and `__call__(carry, x)` composes project_inputs and step for one step: flax's
+`(carry, x) -> (carry, y)` interface, so a cell also works with `flax.linen.RNN` or a
+hand-written loop.
 
-Batch-normalized cells keep population statistics per time step ([T_max, F] arrays in the
-`batch_stats` collection, Cooijmans et al. 2016, sec. 4): the runner passes each step its slice
-(steps past T_max reuse step T_max's) and, in training, feeds the per-step batch statistics back
-into an EMA after the scan. Padding is excluded from every statistic.
+LSTM, GRU and their LN versions keep no statistics (Ba et al. 2016, sec. 3: train and test compute
+the same function): their `batch_stats` are always None, they ignore `train` and the step's
+population, and they have no `batch_stats` collection. Only BNLSTMCell keeps population statistics
+per time step ([T_max, F] arrays in the `batch_stats` collection, Cooijmans et al. 2016, sec. 4):
+the runner passes each step its slice (steps past T_max reuse step T_max's) and, in training,
+feeds the per-step batch statistics back into an EMA after the scan. Padding is excluded from
+every statistic.
 
 Equations: Ba et al. 2016, suppl. eq. 17-28; Cooijmans et al. 2016, eq. 6-8; spelled out in each
 cell's docstring.
@@ -37,12 +46,27 @@ Initializer = Callable[..., Array]
 BN_GAMMA_INIT = 0.1
 
 
+class InputTerms(NamedTuple):
+    """What project_inputs returns for a whole sequence. terms [B, T, G]: the (normalized) input
+    terms of every step; batch_stats: their per-step batch statistics (ops.BatchStats, [T, G]
+    each) where a cell keeps statistics and is training, else None."""
+    terms: Array
+    batch_stats: Any = None
+
+
 class StepInput(NamedTuple):
     """What one time step of a cell sees. Shapes: projected [B, G], mask [B], population: a dict
     of ops.BatchStats for this step (BN cells in evaluation) or None."""
     projected: Array
     mask: Array
     population: Any = None
+
+
+class StepOutput(NamedTuple):
+    """What one time step gives out: h [B, H], and the step's batch statistics (a dict of
+    ops.BatchStats, [F] each) where a cell keeps statistics and is training, else None."""
+    h: Array
+    batch_stats: Any = None
 
 
 def _split_gates(gates: Array, n: int) -> list[Array]:
@@ -56,7 +80,8 @@ def _lstm_update(gates: Array, c: Array) -> tuple[Array, Array]:
 
 
 class _Cell(nn.Module):
-    """Shared pieces: kernels without bias, the carry initializer, no population statistics."""
+    """Shared pieces: kernels without bias, the carry, the single-step interface, and the
+    statistics hooks of a cell that keeps no statistics (only BNLSTMCell overrides them)."""
     features: int
     kernel_init: Initializer = nn.initializers.lecun_normal()
     recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
@@ -80,25 +105,33 @@ class _Cell(nn.Module):
         zeros = jnp.zeros(input_shape[:-1] + (self.features,), jnp.float32)
         return (zeros, zeros) if self.carry_parts == 2 else zeros
 
+    def hidden(self, carry: Carry) -> Array:
+        """h [B, H] of a carry: the second part of an LSTM's (c, h), a GRU's whole carry."""
+        return carry[1] if self.carry_parts == 2 else carry
+
     def learnable_initial_carry(self) -> tuple[bool, ...]:
         """Which parts of the carry ((c, h) or h) a runner may learn as an initial state."""
         return (True,) * self.carry_parts
 
     def population_statistics(self, num_steps: int) -> Any:
-        """Per-step population statistics for `num_steps` steps ([T, F] each), or None."""
+        """Per-step population statistics for `num_steps` steps ([T, F] each): none here."""
         del num_steps
         return None
 
-    def update_population(self, batch_stats: Any, mask: Array) -> None:
-        """EMA of the per-step batch statistics gathered by the runner; nothing without BN."""
-        del batch_stats, mask
+    def update_population(self, input_stats: Any, step_stats: Any, mask: Array) -> None:
+        """EMA of the per-step batch statistics gathered by the runner: nothing to update here."""
+        del input_stats, step_stats, mask
 
     def __call__(self, carry: Carry, x: Array) -> tuple[Carry, Array]:
-        """One step on raw inputs x [B, D] (flax's cell interface): returns (carry, h)."""
+        """One step on raw inputs x [B, D] (flax's cell interface): returns (carry, h).
+
+        Training mode: a BN cell normalizes with this batch's statistics (it has no time step to
+        take population statistics from) and leaves its population alone; the other cells
+        compute the same function in either mode."""
         mask = jnp.ones(x.shape[:-1], jnp.float32)
-        projected = self.project_inputs(x[..., None, :], mask[..., None])[..., 0, :]
-        carry, (h, _) = self.step(carry, StepInput(projected, mask))
-        return carry, h
+        inputs = self.project_inputs(x[..., None, :], mask[..., None], train=True)
+        carry, out = self.step(carry, StepInput(inputs.terms[..., 0, :], mask), train=True)
+        return carry, out.h
 
 
 class LSTMCell(_Cell):
@@ -109,17 +142,19 @@ class LSTMCell(_Cell):
         self.hidden_kernel = self._hidden_dense("hidden_kernel")
         self.bias = self.param("bias", self.bias_init, (4 * self.features,))
 
-    def project_inputs(self, xs: Array, mask: Array | None = None, *, train: bool = False):
+    def project_inputs(self, xs: Array, mask: Array | None = None, *,
+                       train: bool = False) -> InputTerms:
         del mask, train
-        return self.input_kernel(xs)  # [B, T, 4H]
+        return InputTerms(self.input_kernel(xs))  # [B, T, 4H]
 
-    def step(self, carry, inputs: StepInput, *, train: bool = False):
+    def step(self, carry: Carry, inputs: StepInput, *,
+             train: bool = False) -> tuple[Carry, StepOutput]:
         del train
         c, h = carry
         gates = inputs.projected + self.hidden_kernel(h) + self.bias
         c, o = _lstm_update(gates, c)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return (c, h), (h, None)
+        return (c, h), StepOutput(h)
 
 
 class LNLSTMCell(_Cell):
@@ -129,7 +164,8 @@ class LNLSTMCell(_Cell):
       c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g)
       h_t = sigmoid(o) tanh(LN(c_t; a3, b3))        (the raw c_t carries to the next step)
 
-    `gain_init` is the initial value of every LN gain (1.0; sec. 6.2 found 0.1 worse).
+    `gain_init` is the initial value of every LN gain (1.0; sec. 6.2 found 0.1 worse). No
+    statistics to keep: each LN uses the current example and step only.
     """
     gain_init: float = 1.0
     epsilon: float = ops.DEFAULT_EPSILON
@@ -143,18 +179,20 @@ class LNLSTMCell(_Cell):
         self.hidden_norm = layers.LayerNorm(self.epsilon, scale_init=gain)
         self.cell_norm = layers.LayerNorm(self.epsilon, scale_init=gain)
 
-    def project_inputs(self, xs: Array, mask: Array | None = None, *, train: bool = False):
+    def project_inputs(self, xs: Array, mask: Array | None = None, *,
+                       train: bool = False) -> InputTerms:
         del mask, train
         # One LN call over [B, T, 4H]: statistics per example and per time step.
-        return self.input_norm(self.input_kernel(xs))
+        return InputTerms(self.input_norm(self.input_kernel(xs)))
 
-    def step(self, carry, inputs: StepInput, *, train: bool = False):
+    def step(self, carry: Carry, inputs: StepInput, *,
+             train: bool = False) -> tuple[Carry, StepOutput]:
         del train
         c, h = carry
         gates = inputs.projected + self.hidden_norm(self.hidden_kernel(h)) + self.bias
         c, o = _lstm_update(gates, c)
         h = jax.nn.sigmoid(o) * jnp.tanh(self.cell_norm(c))
-        return (c, h), (h, None)
+        return (c, h), StepOutput(h)
 
 
 class GRUCell(_Cell):
@@ -167,22 +205,24 @@ class GRUCell(_Cell):
         self.hidden_kernel = self._hidden_dense("hidden_kernel")
         self.bias = self.param("bias", self.bias_init, (3 * self.features,))
 
-    def project_inputs(self, xs: Array, mask: Array | None = None, *, train: bool = False):
+    def project_inputs(self, xs: Array, mask: Array | None = None, *,
+                       train: bool = False) -> InputTerms:
         del mask, train
-        return self.input_kernel(xs) + self.bias  # [B, T, 3H]: [z; r] then the candidate
+        return InputTerms(self.input_kernel(xs) + self.bias)  # [B, T, 3H]: [z; r], candidate
 
-    def step(self, h, inputs: StepInput, *, train: bool = False):
+    def step(self, h: Array, inputs: StepInput, *,
+             train: bool = False) -> tuple[Array, StepOutput]:
         del train
-        return _gru_update(h, inputs.projected, self.hidden_kernel(h), self.features)
+        h = _gru_update(h, inputs.projected, self.hidden_kernel(h), self.features)
+        return h, StepOutput(h)
 
 
-def _gru_update(h: Array, x_terms: Array, h_terms: Array, features: int):
-    """Shared GRU arithmetic on already (normalized) [.., 3H] input and hidden terms."""
+def _gru_update(h: Array, x_terms: Array, h_terms: Array, features: int) -> Array:
+    """Shared GRU arithmetic on the (normalized) [.., 3H] input and hidden terms: returns h_t."""
     zr = jax.nn.sigmoid(x_terms[..., :2 * features] + h_terms[..., :2 * features])
     z, r = zr[..., :features], zr[..., features:]
     candidate = jnp.tanh(x_terms[..., 2 * features:] + r * h_terms[..., 2 * features:])
-    h = (1.0 - z) * h + z * candidate
-    return h, (h, None)
+    return (1.0 - z) * h + z * candidate
 
 
 class LNGRUCell(_Cell):
@@ -191,7 +231,8 @@ class LNGRUCell(_Cell):
       [z;r] = LN(W_h h) + LN(W_x x)            (over the 2H gate pre-activations jointly)
       h~ = tanh(LN(W x) + sigmoid(r) * LN(U h))
       h_t = (1 - sigmoid(z)) h_{t-1} + sigmoid(z) h~
-    Four LNs, each with its own gain and bias (the LN biases play the role of b).
+    Four LNs, each with its own gain and bias (the LN biases play the role of b). No statistics
+    to keep.
     """
     num_gates = 3
     carry_parts = 1
@@ -213,16 +254,19 @@ class LNGRUCell(_Cell):
         return jnp.concatenate(
             [gate_norm(terms[..., :split]), candidate_norm(terms[..., split:])], axis=-1)
 
-    def project_inputs(self, xs: Array, mask: Array | None = None, *, train: bool = False):
+    def project_inputs(self, xs: Array, mask: Array | None = None, *,
+                       train: bool = False) -> InputTerms:
         del mask, train
-        return self._normalize(self.input_kernel(xs), self.input_gate_norm,
-                               self.input_candidate_norm)
+        return InputTerms(self._normalize(self.input_kernel(xs), self.input_gate_norm,
+                                          self.input_candidate_norm))
 
-    def step(self, h, inputs: StepInput, *, train: bool = False):
+    def step(self, h: Array, inputs: StepInput, *,
+             train: bool = False) -> tuple[Array, StepOutput]:
         del train
         h_terms = self._normalize(self.hidden_kernel(h), self.hidden_gate_norm,
                                   self.hidden_candidate_norm)
-        return _gru_update(h, inputs.projected, h_terms, self.features)
+        h = _gru_update(h, inputs.projected, h_terms, self.features)
+        return h, StepOutput(h)
 
 
 class BNLSTMCell(_Cell):
@@ -272,11 +316,14 @@ class BNLSTMCell(_Cell):
         return {name: ops.BatchStats(mean.value[index], var.value[index])
                 for name, (mean, var) in self.population.items()}
 
-    def update_population(self, batch_stats: dict[str, ops.BatchStats], mask: Array) -> None:
-        """batch_stats: {name: BatchStats([T, F])}; mask [B, T]. Steps with no real example, and
+    def update_population(self, input_stats: ops.BatchStats,
+                          step_stats: dict[str, ops.BatchStats], mask: Array) -> None:
+        """input_stats: BatchStats([T, 4H]) from project_inputs; step_stats: {'hidden', 'cell'}:
+        BatchStats([T, F]) stacked over the scan; mask [B, T]. Steps with no real example, and
         steps past max_steps, leave the population unchanged."""
         if self.is_initializing() or not self.is_mutable_collection("batch_stats"):
             return
+        batch_stats = {"input": input_stats, **step_stats}
         num_steps = mask.shape[1]
         used = min(num_steps, self.max_steps)
         valid = (jnp.sum(mask[:, :used], axis=0) > 0)[:, None]  # [used, 1]
@@ -289,22 +336,24 @@ class BNLSTMCell(_Cell):
             var.value = var.value.at[:used].set(new.var)
 
     def _bn(self, a, gamma, beta, mask, population, *, train, axis=0):
+        """(BN(a), batch statistics) in training; (BN(a) with population, None) in evaluation."""
         if train:
             return ops.batch_norm(a, gamma, beta, axis=axis, epsilon=self.epsilon, mask=mask)
         return ops.batch_norm_inference(a, gamma, beta, population.mean, population.var,
                                         axis=axis, epsilon=self.epsilon), None
 
-    def project_inputs(self, xs: Array, mask: Array | None = None, *, train: bool = False):
-        """BN over the batch axis only of [B, T, 4H]: per-time-step statistics in one call.
-
-        Returns (projected [B, T, 4H], batch statistics ([T, 4H]) or None)."""
+    def project_inputs(self, xs: Array, mask: Array | None = None, *,
+                       train: bool = False) -> InputTerms:
+        """BN over the batch axis only of [B, T, 4H]: per-time-step statistics in one call
+        (batch_stats [T, 4H] in training)."""
         a = self.input_kernel(xs)
         if mask is None:
             mask = jnp.ones(a.shape[:-1], jnp.float32)
         population = None if train else self.population_statistics(a.shape[1])["input"]
-        return self._bn(a, self.input_gamma, None, mask, population, train=train)
+        return InputTerms(*self._bn(a, self.input_gamma, None, mask, population, train=train))
 
-    def step(self, carry, inputs: StepInput, *, train: bool = False):
+    def step(self, carry: Carry, inputs: StepInput, *,
+             train: bool = False) -> tuple[Carry, StepOutput]:
         c, h = carry
         pop = inputs.population or {}
         a_h, h_stats = self._bn(self.hidden_kernel(h), self.hidden_gamma, None, inputs.mask,
@@ -313,15 +362,7 @@ class BNLSTMCell(_Cell):
         c_norm, c_stats = self._bn(c, self.cell_gamma, self.cell_beta, inputs.mask,
                                    pop.get("cell"), train=train)
         h = jax.nn.sigmoid(o) * jnp.tanh(c_norm)
-        aux = {"hidden": h_stats, "cell": c_stats} if train else None
-        return (c, h), (h, aux)
-
-    def __call__(self, carry: Carry, x: Array) -> tuple[Carry, Array]:
-        """One training-mode step (batch statistics) on raw inputs x [B, D]."""
-        mask = jnp.ones(x.shape[:-1], jnp.float32)
-        projected, _ = self.project_inputs(x[:, None, :], mask[:, None], train=True)
-        carry, (h, _) = self.step(carry, StepInput(projected[:, 0], mask), train=True)
-        return carry, h
+        return (c, h), StepOutput(h, {"hidden": h_stats, "cell": c_stats} if train else None)
 
 
 CELLS: dict[str, type[_Cell]] = {
@@ -343,10 +384,11 @@ def make_cell(name: str, features: int, **kwargs) -> _Cell:
 class SequenceRunner(nn.Module):
     """Runs a cell over [B, T, D] inputs with a mask [B, T] (1 = real step, 0 = padding).
 
-    1. project_inputs: all time steps' input terms at once (one matmul, one vectorized norm);
+    1. cell.project_inputs: all time steps' input terms at once (one matmul, one vectorized norm);
     2. nn.scan over time of cell.step; on padded steps the carry is copied from the previous step,
        so the final carry of each sequence is its last real step's;
-    3. for BN cells in training, the per-step batch statistics update the population EMA.
+    3. in training, cell.update_population with the per-step batch statistics (a no-op for every
+       cell but BN's).
 
     Returns (final carry, outputs [B, T, H]); outputs on padded steps repeat the last real h.
     """
@@ -364,27 +406,23 @@ class SequenceRunner(nn.Module):
         if initial_carry is None:
             initial_carry = self._initial_carry(batch)
 
-        projected = self.cell.project_inputs(xs, mask, train=train)
-        input_stats = None
-        if isinstance(projected, tuple):  # BN cells also return the input-side statistics
-            projected, input_stats = projected
+        inputs = self.cell.project_inputs(xs, mask, train=train)
         population = None if train else self.cell.population_statistics(num_steps)
 
-        def body(cell, carry, inputs: StepInput):
-            new_carry, (h, aux) = cell.step(carry, inputs, train=train)
-            keep = inputs.mask[:, None] > 0
+        def body(cell, carry, step_input: StepInput):
+            new_carry, out = cell.step(carry, step_input, train=train)
+            keep = step_input.mask[:, None] > 0
             new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
-            h = jnp.where(keep, h, _carry_h(carry))
-            return new_carry, (h, aux)
+            return new_carry, out._replace(h=jnp.where(keep, out.h, cell.hidden(carry)))
 
         scan = nn.scan(body, variable_broadcast=("params", "batch_stats"), split_rngs={"params": False},
                        in_axes=0, out_axes=0)
-        time_major = StepInput(jnp.swapaxes(projected, 0, 1), mask.T, population)
-        carry, (hs, aux) = scan(self.cell, initial_carry, time_major)
+        time_major = StepInput(jnp.swapaxes(inputs.terms, 0, 1), mask.T, population)
+        carry, outputs = scan(self.cell, initial_carry, time_major)  # StepOutput, [T, B, H]
 
-        if train and input_stats is not None:
-            self.cell.update_population({"input": input_stats, **aux}, mask)
-        return carry, jnp.swapaxes(hs, 0, 1)
+        if train:
+            self.cell.update_population(inputs.batch_stats, outputs.batch_stats, mask)
+        return carry, jnp.swapaxes(outputs.h, 0, 1)
 
     def _initial_carry(self, batch: int) -> Carry:
         carry = self.cell.initialize_carry(jax.random.key(0), (batch, self.cell.features))
@@ -396,8 +434,3 @@ class SequenceRunner(nn.Module):
                    for i, (leaf, learn) in enumerate(zip(leaves,
                                                          self.cell.learnable_initial_carry()))]
         return jax.tree.unflatten(treedef, learned)
-
-
-def _carry_h(carry: Carry) -> Array:
-    """The hidden state in a carry: h of (c, h), or the GRU's h."""
-    return carry[1] if isinstance(carry, tuple) else carry

@@ -32,7 +32,7 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lnrepro import checkpoints, locking, metrics, provenance
+from lnrepro import checkpoints, locking, metrics, provenance, tensorboard
 
 Batch = dict[str, jax.Array]
 DATA_AXIS = "data"
@@ -209,6 +209,24 @@ def make_run_chunk(task: Task, mesh: jax.sharding.Mesh, log_grad_norm: bool = Tr
     if members:
         run_chunk = jax.vmap(run_chunk, in_axes=(0, None, 0, 0))
     return jax.jit(run_chunk, donate_argnums=(0,))
+
+
+def make_train_chunk(task: Task, mesh: jax.sharding.Mesh, log_grad_norm: bool = True,
+                     members: bool = False) -> Callable:
+    """(state, item, rng) -> (state, step metrics): trains one item of `task.train_chunks`, put
+    on the devices (`shard_chunk`), by one call of `make_run_chunk`'s program; the task's device
+    data are replicated once, here. With `members`, `item` is the members' items: stacked
+    (`task.stack_members`) and trained vmapped. What each round of `train_members` calls per
+    chunk, and what scripts/benchmark_*.py time.
+    """
+    run_chunk = make_run_chunk(task, mesh, log_grad_norm, members)
+    device_data = replicate(task.device_data, mesh)
+    stack = task.stack_members or stack_arrays
+
+    def train_chunk(state, item, rng):
+        chunk = stack(list(item)) if members else item
+        return run_chunk(state, device_data, shard_chunk(chunk, mesh, members), rng)
+    return train_chunk
 
 
 def vmaps_members(num_members: int) -> bool:
@@ -403,7 +421,10 @@ def _resume_round(managers, workdirs: list[str], round_name: str) -> int | None:
     return None
 
 
-def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> list[list[dict]]:
+def create_member_states(configs, tasks: list[Task], mesh: jax.sharding.Mesh
+                         ) -> tuple[list[TrainState], list[jax.Array]]:
+    """Each member's initial state (replicated over the mesh) and training rng, both drawn from
+    its config's seed: what a run of that config starts from."""
     states, train_rngs = [], []
     for config, member_task in zip(configs, tasks):
         init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
@@ -416,6 +437,11 @@ def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> lis
             state = state.replace(apply_fn=states[0].apply_fn, tx=states[0].tx)
         states.append(replicate(state, mesh))
         train_rngs.append(train_rng)
+    return states, train_rngs
+
+
+def _train_members(configs, workdirs: list[str], tasks: list[Task], mesh) -> list[list[dict]]:
+    states, train_rngs = create_member_states(configs, tasks, mesh)
     managers = [checkpoints.make_manager(workdir) for workdir in workdirs]
     try:
         return _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers)
@@ -459,16 +485,16 @@ def _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers):
     if first_round:
         logging.info("Resuming %s after %s %d.", ", ".join(workdirs), task.round_name,
                      first_round)
+    # A live view for `tensorboard --logdir`, beside the record (a new events file per start).
+    event_files = [tensorboard.EventFile(workdir) for workdir in workdirs]
 
-    device_data = replicate(task.device_data, mesh)
-    run_chunk = make_run_chunk(task, mesh, configs[0].get("log_grad_norm", True),
-                               members=vmapped)
+    train_chunk = make_train_chunk(task, mesh, configs[0].get("log_grad_norm", True),
+                                   members=vmapped)
     replicated = NamedSharding(mesh, P())
     jitted_eval_step = jax.jit(jax.vmap(eval_step, in_axes=(0, None)) if vmapped else eval_step)
     # Evaluation batches come from the host; place them on every device of the mesh (a host
     # array cannot be mixed with global arrays under several processes).
     jit_eval_step = lambda state, batch: jitted_eval_step(state, put_global(batch, replicated))
-    stack = task.stack_members or stack_arrays
     progress = metrics.Progress(task.num_rounds, first_round)
     alive = [True] * num_members
     rows: list[list[dict]] = [[] for _ in range(num_members)]  # this process's rows
@@ -479,8 +505,7 @@ def _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers):
         step_metrics = []  # per chunk: {key: [members, steps]}
         for items in zip(*(t.train_chunks(round_index) for t in tasks)):
             if vmapped:
-                chunk = shard_chunk(stack(list(items)), mesh, members=True)
-                state, chunk_metrics = run_chunk(state, device_data, chunk, train_rng)
+                state, chunk_metrics = train_chunk(state, items, train_rng)
                 step_metrics.append(jax.tree.map(np.asarray, chunk_metrics))
                 continue
             per_member = []
@@ -489,8 +514,7 @@ def _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers):
                     per_member.append(None)
                     continue
                 turn = time.time()
-                states[k], chunk_metrics = run_chunk(states[k], device_data,
-                                                     shard_chunk(item, mesh), train_rngs[k])
+                states[k], chunk_metrics = train_chunk(states[k], item, train_rngs[k])
                 if num_members > 1:  # time the member's turn (waiting for it)
                     chunk_metrics = jax.tree.map(np.asarray, chunk_metrics)
                     member_seconds[k] += time.time() - turn
@@ -544,6 +568,7 @@ def _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers):
                 continue
             if writes_record:
                 metrics.append_metrics(workdirs[k], row)
+                event_files[k].write_row(row)
             rows[k].append(row)
             progress.log(round_index, row, names[k] if num_members > 1 else None)
         if not any(alive):

@@ -2,15 +2,19 @@
 
 For the pi-MNIST MLP (784-1000-1000-10, LN, Adam) at batch 4 and 128, and the attentive reader's
 LN-LSTM (CPU profile), K in {1, 3, 10, 30}: examples/s of
-    sequential  K single-member states, each advanced by the trainer's jitted chunk
-                (`train.make_run_chunk`), one after another, as K separate runs would be (and as
-                `train.train_members` runs its members on the CPU: `train.vmaps_members`)
+    sequential  the K members' states, each advanced by the trainer's single-run chunk step, one
+                member after another, as `train.train_members` runs its members on the CPU
+                (`train.vmaps_members`) and as K separate runs would be
     vmapped     one member-stacked state (`train.stack_members`) advanced by the vmapped chunk
-                (`train.make_run_chunk(..., members=True)`), as `train.train_members` runs its
-                members on an accelerator
-both built from the trainer's own functions on random data of the real shapes (no dataset
-needed). Examples/s counts every member's examples; ratio = vmapped / sequential from the same
-run; medians over --repeats repetitions, interleaved.
+                step (`train.make_train_chunk(..., members=True)`), as `train.train_members`
+                runs its members on an accelerator
+both built as `train.train_members` builds them (scripts/benchmark_common.py): each member's Task
+(its seed: its own data order), its initial state and rng (`train.create_member_states`) and the
+chunk steps (`train.make_train_chunk`), on random data of the real shapes (no dataset needed). A
+repetition is a round of every member's task: one chunk of the default steps_per_call (512
+examples) for the MLP, 4 updates for the reader. Examples/s counts every member's examples;
+ratio = vmapped / sequential from the same run; medians over --repeats repetitions (default 3),
+interleaved, after a warm-up round.
 
 The memory floor of an MLP member-step: the weights read twice (forward, backward), the
 gradients written and read once, and Adam's read and write of the parameters and both moments:
@@ -23,104 +27,89 @@ Goals: on a GPU, the batch-4 MLP's time per member-step within 1.5x of the floor
 (vmapped); on the 2-core CPU, train_members no slower than sequential runs (>= 0.95x): there it
 runs the members one after another in one process, i.e. the sequential column.
 
-  .venv/bin/python -m scripts.benchmark_members [--repeats N] [--members 1,3,10,30] [--quick]
+  .venv/bin/python -m scripts.benchmark_members [--repeats=N] [--members=1,3,10,30] [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from lnrepro import train
-from lnrepro.tasks import pi_mnist
-from scripts import benchmark_common, benchmark_reader, benchmark_train
+from scripts import benchmark_common
 
 MEMBERS = (1, 3, 10, 30)
-MLP_STEPS = {4: 128, 128: 4}  # steps per timed chunk: the trainer's default steps_per_call
-READER_STEPS = 4  # one update per jitted call, as the reader's trainer runs it
+MLP_STEPS = {4: 128, 128: 4}  # steps per round: the trainer's default steps_per_call
+READER_STEPS = 4  # updates per round, one per jitted call as the reader's trainer runs them
+
+flags.adopt_module_key_flags(benchmark_common)  # --repeats, --quick: listed by --help
+_MEMBERS = flags.DEFINE_list("members", [str(k) for k in MEMBERS], "K, the members of one "
+                             "program: comma-separated counts (--quick: 2).")
+flags.register_validator("members", lambda ks: all(k.isdigit() and int(k) >= 1 for k in ks),
+                         "--members takes comma-separated whole numbers >= 1.")
 
 
 class Workload:
-    """One task's sequential and member runners for K members."""
+    """K runs of one program, built as `train.train_members` builds them, trained a round at a
+    time: one after another through the single-run chunk step (sequential) or stacked through
+    the vmapped one."""
 
-    def __init__(self, name: str, task, configs, chunks, device_data, mesh, examples_per_step):
-        self.name, self.task, self.mesh = name, task, mesh
-        self.chunks = chunks  # per member: the host chunks of one repetition
-        self.examples = examples_per_step * sum(
-            len(jax.tree.leaves(c)[0]) for c in chunks[0])
-        self.device_data = train.replicate(device_data, mesh)
-        states, rngs = [], []
-        for config in configs:
-            init_rng, rng = jax.random.split(jax.random.key(config.seed))
-            states.append(train.replicate(train.create_train_state(
-                init_rng, task.model, task.init_batch, train.make_optimizer(config)), mesh))
-            rngs.append(rng)
-        self.single_states, self.single_rngs = states, rngs
-        self.members_state, self.members_rng = train.stack_members(states), jnp.stack(rngs)
-        # The sequential runs get their own copies (the chunks donate their state).
-        self.single_states = [jax.tree.map(jnp.copy, s) for s in states]
-        log = configs[0].get("log_grad_norm", False)
-        self.single_chunk = train.make_run_chunk(task, mesh, log)
-        self.members_chunk = train.make_run_chunk(task, mesh, log, members=True)
-        stack = task.stack_members or train.stack_arrays
-        self.stacked_chunks = [stack(list(items)) for items in zip(*chunks)]
+    def __init__(self, name: str, configs, tasks: list[train.Task], mesh):
+        self.name, self.tasks = name, tasks
+        self.precision = configs[0].matmul_precision
+        states, self.rngs = train.create_member_states(configs, tasks, mesh)
+        log = configs[0].get("log_grad_norm", True)
+        self.single_chunk = train.make_train_chunk(tasks[0], mesh, log)
+        self.members_chunk = train.make_train_chunk(tasks[0], mesh, log, members=True)
+        # Stacking copies the arrays: the sequential runs donate their own.
+        self.members_state, self.members_rng = train.stack_members(states), jnp.stack(self.rngs)
+        self.single_states = states
+        self.steps_per_round = sum(len(jax.tree.leaves(c)[0]) for c in tasks[0].train_chunks(0))
+        self.num_params = sum(x.size for x in jax.tree.leaves(states[0].params))
 
-    def sequential(self) -> float:
-        """Seconds for every member's chunks, one member after another."""
-        start = time.perf_counter()
-        for k, member_chunks in enumerate(self.chunks):
-            for chunk in member_chunks:
-                self.single_states[k], _ = self.single_chunk(
-                    self.single_states[k], self.device_data, train.shard_chunk(chunk, self.mesh),
-                    self.single_rngs[k])
-        jax.block_until_ready(self.single_states)
-        return time.perf_counter() - start
+    def _items(self, round_index: int) -> list[list]:
+        """Each member's chunks of the round, made on the host before the timing."""
+        return [list(task.train_chunks(round_index)) for task in self.tasks]
 
-    def members(self) -> float:
-        start = time.perf_counter()
-        for chunk in self.stacked_chunks:
-            self.members_state, _ = self.members_chunk(
-                self.members_state, self.device_data,
-                train.shard_chunk(chunk, self.mesh, members=True), self.members_rng)
-        jax.block_until_ready(self.members_state)
-        return time.perf_counter() - start
+    def sequential(self, round_index: int) -> float:
+        """Seconds for every member's round, one member after another."""
+        seconds = 0.0
+        for k, items in enumerate(self._items(round_index)):
+            self.single_states[k], member_seconds = benchmark_common.train_timed(
+                self.single_chunk, self.single_states[k], items, self.rngs[k], self.precision)
+            seconds += member_seconds
+        return seconds
+
+    def vmapped(self, round_index: int) -> float:
+        """Seconds for the members' round as one stacked state."""
+        items = list(zip(*self._items(round_index)))  # per chunk: the members' items
+        self.members_state, seconds = benchmark_common.train_timed(
+            self.members_chunk, self.members_state, items, self.members_rng, self.precision)
+        return seconds
 
 
 def mlp_workload(batch_size: int, num_members: int, hidden, mesh) -> Workload:
-    data = benchmark_train.random_data(benchmark_train.NUM_EXAMPLES)
-    configs = []
-    for k in range(num_members):
-        config = benchmark_train.make_config("layer", batch_size, MLP_STEPS[batch_size], hidden)
-        config.seed = k
-        configs.append(config)
-    splits = {"train": (data["image"], data["label"]),
-              "validation": (data["image"][:8], data["label"][:8]),
-              "test": (data["image"][:8], data["label"][:8])}
-    task = pi_mnist.build_task(configs[0], load_split=lambda _, split: splits[split])
-    chunks = [[np.random.default_rng([k, 0]).integers(
-        0, len(data["label"]), (MLP_STEPS[batch_size], batch_size)).astype(np.int32)]
-        for k in range(num_members)]
-    return Workload(f"mlp bs{batch_size}", task, configs, chunks, data, mesh, batch_size)
+    # One round's examples: an epoch of the task is one chunk of the default steps_per_call.
+    data = benchmark_common.random_mnist(MLP_STEPS[batch_size] * batch_size)
+    configs = [benchmark_common.mlp_config("layer", batch_size, MLP_STEPS[batch_size], hidden,
+                                           seed=k) for k in range(num_members)]
+    tasks = [benchmark_common.mlp_task(config, data) for config in configs]
+    return Workload(f"mlp bs{batch_size}", configs, tasks, mesh)
 
 
 def reader_workload(size: dict, num_members: int, mesh) -> Workload:
     rng = np.random.default_rng(0)
-    configs = []
-    for k in range(num_members):
-        config = benchmark_reader.make_config(size, "lnlstm")
-        config.seed = k
-        configs.append(config)
-    batches = [benchmark_reader.random_batch(size, rng) for _ in range(READER_STEPS)]
-    task = benchmark_reader.make_task(configs[0], size, batches[0])
-    chunks = [[{key: v[None] for key, v in batches[(s + k) % READER_STEPS].items()}
-               for s in range(READER_STEPS)] for k in range(num_members)]
-    return Workload("reader lnlstm", task, configs, chunks, None, mesh, size["batch"])
+    batches = [benchmark_common.random_reader_batch(size, rng) for _ in range(READER_STEPS)]
+    configs = [benchmark_common.reader_config(size, "lnlstm", seed=k)
+               for k in range(num_members)]
+    tasks = [benchmark_common.reader_task(config, size, batches, READER_STEPS)
+             for config in configs]
+    return Workload("reader lnlstm", configs, tasks, mesh)
 
 
 def copy_bandwidth(repeats: int) -> float:
@@ -139,32 +128,25 @@ def copy_bandwidth(repeats: int) -> float:
 
 
 def measure(workload: Workload, repeats: int) -> tuple[float, float]:
-    """(sequential, members) median seconds per repetition; both warmed up first."""
-    workload.sequential(), workload.members()  # compile
-    sequential, members = [], []
-    for _ in range(repeats):
-        sequential.append(workload.sequential())
-        members.append(workload.members())
-    return statistics.median(sequential), statistics.median(members)
+    """(sequential, vmapped) median seconds per repetition (rounds 1..repeats, interleaved),
+    after a warm-up round (compiles) of each."""
+    workload.sequential(0), workload.vmapped(0)
+    sequential, vmapped = [], []
+    for round_index in range(1, repeats + 1):
+        sequential.append(workload.sequential(round_index))
+        vmapped.append(workload.vmapped(round_index))
+    return statistics.median(sequential), statistics.median(vmapped)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--members", default=",".join(map(str, MEMBERS)),
-                        help="comma-separated K values")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny models and K = 2: a smoke test, not a measurement")
-    args = parser.parse_args(argv)
-    if args.quick:
-        benchmark_common.fast_compile()
-    members = (2,) if args.quick else tuple(int(k) for k in args.members.split(","))
-    hidden = benchmark_train.QUICK_HIDDEN if args.quick else (1000, 1000)
-    size = (benchmark_reader.QUICK_SIZES["quick"] if args.quick
-            else benchmark_reader.SIZES["cpu"])
+def main(argv):
+    quick, repeats = benchmark_common.start(argv, repeats=3, quick_repeats=3)
+    members = (2,) if quick else tuple(int(k) for k in _MEMBERS.value)
+    hidden = benchmark_common.MLP_QUICK_HIDDEN if quick else (1000, 1000)
+    size = (benchmark_common.READER_QUICK_SIZES["quick"] if quick
+            else benchmark_common.READER_SIZES["cpu"])
     mesh = train.make_mesh()
     device = jax.devices()[0]
-    bandwidth = copy_bandwidth(args.repeats)
+    bandwidth = copy_bandwidth(repeats)
     print(f"backend: {jax.default_backend()} ({device.device_kind}, {jax.device_count()} "
           f"device(s)); copy bandwidth {bandwidth / 1e9:.1f} GB/s")
     print(f"train_members here: "
@@ -176,14 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     for batch_size in (4, 128):
         for k in members:
             workload = mlp_workload(batch_size, k, hidden, mesh)
-            num_params = sum(x.size for x in jax.tree.leaves(workload.single_states[0].params))
-            floor = 40 * num_params / bandwidth
-            row = _row(workload, k, args.repeats, floor)
+            floor = 40 * workload.num_params / bandwidth
+            row = _row(workload, k, repeats, floor)
             ratios.append(row[0])
             if batch_size == 4 and k >= 10:
                 best_floor_ratio[k] = row[1]
     for k in members:
-        ratios.append(_row(reader_workload(size, k, mesh), k, args.repeats, None)[0])
+        ratios.append(_row(reader_workload(size, k, mesh), k, repeats, None)[0])
     worst_ratio, best_ratio = min(ratios), max(ratios)
     print()
     if train.vmaps_members(2):
@@ -195,22 +176,21 @@ def main(argv: list[str] | None = None) -> int:
         print("batch-4 MLP member-step (vmapped) / floor at K >= 10: " + ", ".join(
             f"K={k}: {r:.2f}x" for k, r in best_floor_ratio.items())
               + " (GPU goal <= 1.5x)")
-    return 0
 
 
 def _row(workload: Workload, k: int, repeats: int, floor: float | None) -> tuple[float, float]:
-    sequential, members = measure(workload, repeats)
-    examples = workload.examples * k
-    member_steps = k * sum(len(jax.tree.leaves(c)[0]) for c in workload.chunks[0])
-    per_member_step = members / member_steps
-    ratio = sequential / members
+    sequential, vmapped = measure(workload, repeats)
+    member_steps = k * workload.steps_per_round
+    examples = member_steps * workload.tasks[0].examples_per_step
+    per_member_step = vmapped / member_steps
+    ratio = sequential / vmapped
     floor_text = "-" if floor is None else f"{floor * 1e6:.1f}"
     floor_ratio = float("nan") if floor is None else per_member_step / floor
-    print(f"| {workload.name} | {k} | {examples / sequential:.0f} | {examples / members:.0f} | "
+    print(f"| {workload.name} | {k} | {examples / sequential:.0f} | {examples / vmapped:.0f} | "
           f"{ratio:.2f}x | {per_member_step * 1e6:.1f} | {floor_text} | "
           f"{'-' if floor is None else f'{floor_ratio:.2f}x'} |", flush=True)
     return ratio, floor_ratio
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

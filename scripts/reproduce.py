@@ -1,11 +1,12 @@
-"""The main job: run the experiments' sweeps, then rebuild every figure and table from the records.
+"""The main job: run a profile's sweeps, then rebuild its figures and tables from the records.
 
-  python -m scripts.reproduce --profile=quick   # `make reproduce`: a few epochs, ~8 min on 2 cores
-  python -m scripts.reproduce --profile=full    # `make reproduce-full`: the paper-length runs
+  .venv/bin/python -m scripts.reproduce --profile=quick   # `make reproduce`: ~8 min on 2 cores
+  .venv/bin/python -m scripts.reproduce --profile=full    # `make reproduce-full`: paper length
 
-quick writes runs/quick/ (records, figures, tables; nothing committed). full writes its records to
-results/ (commit them as runs finish) and its figures beside them. Both skip finished runs, so an
-interrupted reproduction continues where it stopped.
+quick writes runs/quick/ (records, figures, tables as <name>.md; nothing committed). full writes
+its records to results/ (commit them as runs finish) and its figures beside them. Both skip
+finished runs, so an interrupted reproduction continues where it stopped. scripts/reports.py
+says which sweeps each profile runs and what is built from them.
 """
 
 from __future__ import annotations
@@ -16,27 +17,10 @@ import sys
 
 from absl import app, flags
 
-from lnrepro import metrics
-from scripts import plot_ablation, plot_curves, plot_reader, results_table
+from scripts import reports
 
-PROFILES = {
-    # profile: (pi_mnist sweep, workdir root, records dir, figure/table dir)
-    "quick": ("quick", "runs/quick/workdirs/pi_mnist", "runs/quick/records/pi_mnist",
-              "runs/quick"),
-    "full": ("fig6", "runs/pi_mnist/fig6", "results/pi_mnist/fig6", "results"),
-}
-
-READER_PROFILES = {
-    # profile: [(sweep, workdir root, records dir, figure)], figures/tables beside PROFILES' out_dir
-    "quick": [("quick", "runs/quick/workdirs/attentive_reader", "runs/quick/records/attentive_reader",
-               "attentive_reader_fig2.png")],
-    "full": [("fig2", "runs/attentive_reader/fig2", "results/attentive_reader/fig2",
-              "attentive_reader_fig2.png"),
-             ("gain", "runs/attentive_reader/gain", "results/attentive_reader/gain",
-              "attentive_reader_gain.png")],
-}
-
-_PROFILE = flags.DEFINE_enum("profile", "quick", sorted(PROFILES), "Which reproduction to run.")
+_PROFILE = flags.DEFINE_enum("profile", "quick", sorted(reports.PROFILES),
+                             "Which reproduction to run.")
 
 
 def run_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
@@ -45,50 +29,26 @@ def run_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
     subprocess.run(command, check=True)
 
 
-def reproduce_pi_mnist(profile: str) -> str:
-    sweep, workdir_root, records_dir, out_dir = PROFILES[profile]
-    run_sweep(f"configs/pi_mnist_sweeps.py:{sweep}", workdir_root, records_dir)
-    records = metrics.load_runs(records_dir)
-    figure = plot_curves.plot_fig6(records, os.path.join(out_dir, "pi_mnist_fig6.png"))
-    text = results_table.table(records)
-    with open(os.path.join(out_dir, "pi_mnist_table.md"), "w") as f:
-        f.write(text + "\n")
-    return f"Permutation-invariant MNIST ({profile}): {figure}\n\n{text}\n"
-
-
-def reproduce_batch_size_ablation() -> str:
-    """The wide batch-size sweep (full profile only: ~45 min a seed on 2 cores)."""
-    records_dir = "results/pi_mnist/batch_sizes"
-    run_sweep("configs/pi_mnist_sweeps.py:batch_sizes", "runs/pi_mnist/batch_sizes", records_dir)
-    records = metrics.load_runs(records_dir)
-    figure = plot_ablation.plot(records, "results/pi_mnist_batch_sizes.png")
-    return f"Batch-size ablation: {figure}\n\n{plot_ablation.table(records)}\n"
-
-
-def reproduce_reader(profile: str) -> str:
-    out_dir = PROFILES[profile][3]
-    report = []
-    for sweep, workdir_root, records_dir, figure in READER_PROFILES[profile]:
-        run_sweep(f"configs/attentive_reader_sweeps.py:{sweep}", workdir_root, records_dir)
-        records = metrics.load_runs(records_dir)
-        if sweep == "gain":  # the gain 1.0 arm is fig2's lnlstm runs (same config)
-            records += metrics.load_runs(READER_PROFILES[profile][0][2])
-        path = plot_reader.plot(records, os.path.join(out_dir, figure), gain=sweep == "gain")
-        report.append(f"Attentive reader, {sweep} ({profile}): {path}")
-        if sweep != "gain":
-            text = plot_reader.table(records)
-            with open(os.path.join(out_dir, "attentive_reader_table.md"), "w") as f:
-                f.write(text + "\n")
-            report.append(text)
-    return "\n\n".join(report) + "\n"
+def reproduce(profile: reports.Profile) -> str:
+    """Runs the profile's sweeps in order, then builds its figures and tables; returns the
+    tables (also written as <name>.md into its out_dir)."""
+    for name in profile.sweeps:
+        source = profile.sources[name]
+        run_sweep(source.sweep, os.path.join(profile.workdir_root, source.directory),
+                  os.path.join(profile.records_root, source.directory))
+    blocks = reports.build(profile, computed=False)
+    os.makedirs(profile.out_dir, exist_ok=True)
+    for name, text in blocks.items():
+        with open(os.path.join(profile.out_dir, name.replace(" ", "_") + ".md"), "w") as f:
+            f.write(text + "\n")
+    figures = sorted(f for f in os.listdir(profile.out_dir) if f.endswith(".png"))
+    return "\n\n".join([f"Figures in {profile.out_dir}/: {', '.join(figures)}"]
+                       + [f"{name}:\n\n{text}" for name, text in blocks.items()]) + "\n"
 
 
 def main(argv):
     del argv
-    print(reproduce_pi_mnist(_PROFILE.value))
-    print(reproduce_reader(_PROFILE.value))
-    if _PROFILE.value == "full":
-        print(reproduce_batch_size_ablation())
+    print(reproduce(reports.PROFILES[_PROFILE.value]))
 
 
 if __name__ == "__main__":

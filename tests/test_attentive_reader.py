@@ -9,7 +9,7 @@ import pytest
 
 from configs import attentive_reader as reader_config
 from lnrepro import train
-from lnrepro.data import cloze
+from lnrepro.data import cloze_batches, cloze_dataset
 from lnrepro.tasks import attentive_reader
 
 VARIANTS = {  # name: (cell, bn_everywhere)
@@ -96,14 +96,22 @@ def test_padding_changes_nothing_for_the_real_tokens(tasks, variant):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_training_stream_permutes_entities_and_validation_does_not(data_dir):
+def _stream(data, config, vocab, first_update=0):
+    """The training stream as the task draws it (tasks/attentive_reader.py, train_chunks)."""
+    return cloze_batches.training_batches(
+        data, config.batch_size, seed=config.seed, first_update=first_update,
+        bucket_width=config.bucket_width,
+        entity_ids=vocab.entity_ids if config.permute_entities else None)
+
+
+def test_training_stream_permutes_entities_and_validation_does_not(data_dir, tasks):
     config = tiny_config(data_dir)
     _, tfds_dir = attentive_reader.corpus_dirs(config)
-    vocab = cloze.load_vocab(tfds_dir, config.dataset_config)
-    data = cloze.load_split(tfds_dir, "train", vocab, config=config.dataset_config)
+    vocab = cloze_dataset.load_vocab(tfds_dir, config.dataset_config)
+    data = cloze_dataset.load_split(tfds_dir, "train", vocab, config=config.dataset_config)
     plain = tiny_config(data_dir, permute_entities=False)
-    permuted = next(attentive_reader.training_batches(data, config, vocab.entity_ids, 0))
-    original = next(attentive_reader.training_batches(data, plain, vocab.entity_ids, 0))
+    permuted = next(_stream(data, config, vocab))
+    original = next(_stream(data, plain, vocab))
     entities = set(vocab.entity_ids.tolist())
     assert np.array_equal(permuted["document_mask"], original["document_mask"])
     assert not np.array_equal(permuted["document"], original["document"])
@@ -114,11 +122,19 @@ def test_training_stream_permutes_entities_and_validation_does_not(data_dir):
                                           permuted["label"], original["label"]):
         np.testing.assert_array_equal(doc_p == ans_p, doc_o == ans_o)
     # The stream is reproducible from any update: resuming at update 3 gives update 3's batch.
-    stream = attentive_reader.training_batches(data, config, vocab.entity_ids, 0)
+    stream = _stream(data, config, vocab)
     fourth = [next(stream) for _ in range(4)][3]
-    resumed = next(attentive_reader.training_batches(data, config, vocab.entity_ids, 3))
+    resumed = next(_stream(data, config, vocab, first_update=3))
     for key in fourth:
         np.testing.assert_array_equal(fourth[key], resumed[key])
+    # The task trains on this stream: round r starts at update r * eval_every.
+    task = tasks["lnlstm"][1]
+    for round_index in (0, 1):
+        step = next(task.train_chunks(round_index))
+        expected = next(_stream(data, config, vocab, round_index * config.eval_every))
+        assert sorted(step) == sorted(expected)
+        for key in expected:
+            np.testing.assert_array_equal(step[key][0], expected[key])
 
 
 def test_gain_ablation_switch_sets_every_ln_gain(data_dir):
@@ -149,6 +165,6 @@ def test_real_corpus_needs_a_manual_dir_and_says_where(tmp_path):
         attentive_reader.resolve_config(config)
     config.manual_dir = str(tmp_path / "nowhere")
     config.data_dir = str(tmp_path)
-    with pytest.raises(cloze.CorpusNotFoundError, match="cnn/questions"):
+    with pytest.raises(cloze_dataset.CorpusNotFoundError, match="cnn/questions"):
         attentive_reader.prepare_data(attentive_reader.resolve_config(config))
     assert not os.path.exists(tmp_path / "cnn" / "cnn_cloze" / "top4" / "1.0.0")

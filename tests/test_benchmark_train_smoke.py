@@ -1,24 +1,36 @@
-"""Smoke tests of scripts/benchmark_train.py and scripts/benchmark_reader.py: --quick runs end to
-end in-process and prints every table row with positive numbers."""
+"""Smoke tests of scripts/benchmark_train.py, benchmark_reader.py and benchmark_members.py:
+--quick runs end to end in-process, the flags parsed as `python -m` parses them, and prints
+every table row with positive, consistent numbers."""
 
 from __future__ import annotations
 
 import re
 
-from scripts import benchmark_reader, benchmark_train
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from scripts import benchmark_common, benchmark_members, benchmark_reader, benchmark_train
 
 NUMBER = r"(\d+\.\d+)"
 
 
+def run_main(module, *args: str) -> None:
+    """module.main as app.run calls it: the command line parsed into the flags first (their
+    values restored afterwards)."""
+    with flagsaver.flagsaver():
+        module.main(flags.FLAGS([module.__name__, *args]))
+
+
 def test_benchmark_train_quick(capsys):
-    assert benchmark_train.main(["--quick", "--repeats", "2"]) == 0
+    run_main(benchmark_train, "--quick", "--repeats=2")
     out = capsys.readouterr().out
 
     assert ("| batch | norm | steps/call (ours) | baseline examples/s | ours examples/s | "
             "ratio ours/baseline | baseline ms/step | ours ms/step | with the grad-norm log: "
             "ours_logged/baseline_logged | ours/baseline_logged |") in out
     for batch in benchmark_train.BATCH_SIZES:
-        steps_per_call = benchmark_train.make_config("none", batch, 0, (8,)).steps_per_call
+        steps_per_call = benchmark_common.mlp_config("none", batch, 0, (8,)).steps_per_call
         assert steps_per_call > 1
         for norm in benchmark_train.NORMS:
             row = re.search(rf"^\| {batch} \| {norm} \| {steps_per_call} \| {NUMBER} \| {NUMBER} "
@@ -30,6 +42,8 @@ def test_benchmark_train_quick(capsys):
             assert baseline > 0 and ours > 0 and ratio > 0 and logged > 0 and vs_logged > 0
             assert abs(ratio - ours / baseline) < 0.01 + 0.01 * ratio
             assert abs(ratio - baseline_ms / ours_ms) < 0.02 + 0.02 * ratio
+            # examples/s and ms/step describe the same steps
+            assert abs(baseline * baseline_ms / 1e3 - batch) < 0.01 * batch
     assert re.search(r"batch 4: ours >= 1.5x baseline \(every norm, same step\): worst "
                      r"\d+\.\d+x -> "
                      r"(MET|NOT MET)$", out, re.MULTILINE), out
@@ -37,8 +51,37 @@ def test_benchmark_train_quick(capsys):
                      r"the logged baseline: \d+\.\d+x-\d+\.\d+x$", out, re.MULTILINE), out
 
 
+def test_a_timed_round_trains_what_the_trainers_round_trains(tmp_path):
+    """A benchmark's timed round is a round of the trainer: from the same initial state, the
+    same steps, bit for bit (the state the trainer checkpoints after its epoch)."""
+    import jax
+    import numpy as np
+
+    from lnrepro import checkpoints, train
+
+    config = benchmark_common.mlp_config("layer", 4, 2, (8,))
+    config.num_epochs = 1
+    data = benchmark_common.random_mnist(16)
+    run = benchmark_common.TimedRun(config, benchmark_common.mlp_task(config, data),
+                                    train.make_mesh())
+    assert run.train_round(0) > 0
+    assert int(run.state.step) == 4  # 16 examples at batch 4
+
+    (row,) = train.train_and_evaluate(config, str(tmp_path),
+                                      lambda c: benchmark_common.mlp_task(c, data))
+    assert row["step"] == 4
+    manager = checkpoints.make_manager(str(tmp_path))
+    try:
+        trained = checkpoints.restore(manager, 0, run.state)
+    finally:
+        manager.close()
+    for ours, theirs in zip(jax.tree.leaves((run.state.params, run.state.opt_state)),
+                            jax.tree.leaves((trained.params, trained.opt_state))):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
 def test_benchmark_reader_quick(capsys):
-    assert benchmark_reader.main(["--quick", "--repeats", "2"]) == 0
+    run_main(benchmark_reader, "--quick", "--repeats=2")
     out = capsys.readouterr().out
 
     assert "| size | variant | ms/update | ratio to lstm |" in out
@@ -52,9 +95,21 @@ def test_benchmark_reader_quick(capsys):
             assert ratio == 1.0  # the baseline's ratio to itself
 
 
+@pytest.mark.parametrize("arg, message", [
+    ("--sizes=cpu,huge",
+     "flag --sizes=['cpu', 'huge']: --sizes takes a comma-separated subset of cpu,paper."),
+    ("--members=3,x", "flag --members=['3', 'x']: --members takes comma-separated whole numbers "
+                      ">= 1."),
+    ("--repeats=0", "flag --repeats=0: 0 is not a positive integer"),
+])
+def test_bad_flags_are_refused(arg, message):
+    with flagsaver.flagsaver(), pytest.raises(flags.IllegalFlagValueError) as error:
+        flags.FLAGS(["benchmark", arg])
+    assert str(error.value) == message
+
+
 def test_benchmark_members_quick(capsys):
-    from scripts import benchmark_members
-    assert benchmark_members.main(["--quick", "--repeats", "1"]) == 0
+    run_main(benchmark_members, "--quick", "--repeats=1")
     out = capsys.readouterr().out
     assert re.search(r"^backend: \w+ \(.+\); copy bandwidth \d+\.\d GB/s$", out, re.MULTILINE)
     for workload in ("mlp bs4", "mlp bs128", "reader lnlstm"):

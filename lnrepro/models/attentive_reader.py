@@ -49,8 +49,8 @@ class AttentiveReader(nn.Module):
 
     def _feedforward(self, name: str, x, *, train: bool, mask=None, use_bias: bool = False):
         """A linear term feeding a tanh: BN'd (gamma 0.1) when bn_everywhere, the BN's beta then
-        standing in for the term's bias (b_ctx, the readout's b), as in [AR-code]'s
-        bn(dot(x, W), gamma, b)."""
+        standing in for the term's bias (b_ctx, the readout's b), as in the
+        cooijmanstim/Attentive_reader code's bn(dot(x, W), gamma, b)."""
         y = nn.Dense(self.features, use_bias=use_bias and not self.bn_everywhere, name=name)(x)
         if not self.bn_everywhere:
             return y

@@ -13,13 +13,12 @@ import functools
 import hashlib
 import json
 import os
-from typing import Iterator
 
 import ml_collections
 import numpy as np
 
 from lnrepro import train, validation
-from lnrepro.data import cloze, synthetic_cloze
+from lnrepro.data import cloze_batches, cloze_dataset, cloze_vocab, synthetic_cloze
 from lnrepro.models import attentive_reader
 
 CORPORA = ("synthetic", "cnn")
@@ -58,7 +57,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if config.corpus == "cnn" and not config.manual_dir:
         extra.append("config.corpus='cnn' needs config.manual_dir: the directory holding "
                      "cnn/questions/{training,validation,test}/*.question (the corpus cannot be "
-                     "downloaded here; see lnrepro/data/cloze.py).")
+                     "downloaded here; see lnrepro/data/cloze_dataset.py).")
     if config.corpus == "synthetic":
         rules += [validation.Rule(f"synthetic.{key}", positive, ">= 1") for key in
                   ("num_train", "num_validation", "num_test", "num_facts")]
@@ -89,12 +88,13 @@ def corpus_dirs(config: ml_collections.ConfigDict) -> tuple[str, str]:
 
 def prepare_data(config: ml_collections.ConfigDict) -> tuple[str, str]:
     """Writes the synthetic corpus if needed and builds the TFDS dataset once. The real corpus
-    is only read: a missing directory stops with cloze.CorpusNotFoundError saying where to put it.
+    is only read: a missing directory stops with cloze_dataset.CorpusNotFoundError saying where to
+    put it.
     """
     manual_dir, data_dir = corpus_dirs(config)
     if config.corpus == "synthetic":
         synthetic_cloze.write_corpus(manual_dir, synthetic_config(config))
-    cloze.prepare(data_dir, manual_dir, config=config.dataset_config)
+    cloze_dataset.prepare(data_dir, manual_dir, config=config.dataset_config)
     return manual_dir, data_dir
 
 
@@ -107,47 +107,14 @@ def make_model(config: ml_collections.ConfigDict, vocab_size: int,
         max_query_steps=max_query_steps)
 
 
-def _with_label(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The trainer's names: 'label' for the answer, 'weight' for real (1) vs filler (0) rows."""
-    out = {k: v for k, v in batch.items() if k not in ("answer", "example_mask")}
-    out["label"] = batch["answer"]
-    out["weight"] = batch["example_mask"]
-    return out
-
-
-def training_batches(data: cloze.EncodedSplit, config: ml_collections.ConfigDict,
-                     entity_ids: np.ndarray, first_update: int) -> Iterator[dict]:
-    """The training stream from update `first_update` on: epoch e's batch order is drawn from
-    (seed, e); update u's entity permutation from (seed, u). Batches are full (remainder dropped).
-    """
-    per_epoch = len(data) // config.batch_size
-    if per_epoch == 0:
-        raise ValueError(f"config.batch_size {config.batch_size} exceeds the {len(data)} "
-                         "training questions.")
-    update = first_update
-    epoch, skip = divmod(first_update, per_epoch)
-    while True:
-        indices = cloze.batch_indices(data.document_lengths, config.batch_size,
-                                      rng=np.random.default_rng([config.seed, epoch]),
-                                      drop_remainder=True)
-        for idx in indices[skip:]:
-            batch = cloze.make_batch(data, idx, bucket_width=config.bucket_width)
-            if config.permute_entities:
-                batch = cloze.permute_entities(
-                    batch, np.random.default_rng([config.seed, 1, update]), entity_ids)
-            yield _with_label(batch)
-            update += 1
-        epoch, skip = epoch + 1, 0
-
-
 @functools.lru_cache(maxsize=4)
-def load_corpus(data_dir: str, dataset_config: str, vocab_min_count: int
-                ) -> tuple[cloze.Vocab, cloze.EncodedSplit, cloze.EncodedSplit]:
+def load_corpus(data_dir: str, dataset_config: str, vocab_min_count: int) -> tuple[
+        cloze_vocab.Vocab, cloze_vocab.EncodedSplit, cloze_vocab.EncodedSplit]:
     """(vocabulary, training split, validation split), read once per process: the members of a
     program and the programs of a sweep share them (nothing mutates them)."""
-    vocab = cloze.load_vocab(data_dir, dataset_config, min_count=vocab_min_count)
-    train_data = cloze.load_split(data_dir, "train", vocab, config=dataset_config)
-    valid_data = cloze.load_split(data_dir, "validation", vocab, config=dataset_config)
+    vocab = cloze_dataset.load_vocab(data_dir, dataset_config, min_count=vocab_min_count)
+    train_data = cloze_dataset.load_split(data_dir, "train", vocab, config=dataset_config)
+    valid_data = cloze_dataset.load_split(data_dir, "validation", vocab, config=dataset_config)
     return vocab, train_data, valid_data
 
 
@@ -171,10 +138,10 @@ def build_task(config: ml_collections.ConfigDict) -> train.Task:
     longest = int(max(train_data.document_lengths.max(), valid_data.document_lengths.max()))
     longest_query = int(max(max(len(q) for q in train_data.queries),
                             max(len(q) for q in valid_data.queries)))
-    model = make_model(config, len(vocab), cloze.round_up(longest, config.bucket_width),
-                       cloze.round_up(longest_query, 16))
+    model = make_model(config, len(vocab), cloze_batches.round_up(longest, config.bucket_width),
+                       cloze_batches.round_up(longest_query, 16))
 
-    valid_batches = [_with_label(b) for b in cloze.iterate_batches(
+    valid_batches = [cloze_batches.trainer_batch(b) for b in cloze_batches.iterate_batches(
         valid_data, config.eval_batch_size, bucket_width=config.bucket_width,
         pad_to_batch_size=True)]
 
@@ -182,13 +149,15 @@ def build_task(config: ml_collections.ConfigDict) -> train.Task:
         return train.summarize((eval_step(state, b) for b in valid_batches), "valid")
 
     def train_chunks(round_index: int):
-        stream = training_batches(train_data, config, vocab.entity_ids,
-                                  round_index * config.eval_every)
+        stream = cloze_batches.training_batches(
+            train_data, config.batch_size, seed=config.seed,
+            first_update=round_index * config.eval_every, bucket_width=config.bucket_width,
+            entity_ids=vocab.entity_ids if config.permute_entities else None)
         for _ in range(config.eval_every):
             yield {k: v[None] for k, v in next(stream).items()}  # one step per jitted call
 
-    init_batch = _with_label(cloze.make_batch(train_data, np.arange(config.batch_size),
-                                              bucket_width=config.bucket_width))
+    init_batch = cloze_batches.trainer_batch(cloze_batches.make_batch(
+        train_data, np.arange(config.batch_size), bucket_width=config.bucket_width))
     return train.Task(
         model=model,
         init_batch=init_batch,

@@ -19,23 +19,26 @@ from lnrepro.data import mnist
 from lnrepro.models import mlp
 
 NORMS = ("none", "batch", "layer", "weight")
-# Chosen per (norm, batch size) by the validation search of configs/pi_mnist_sweeps.py:lr_search
-# (README, "Choices the paper leaves open"): 3 epochs at batch 128, 1 epoch at batch 4, the lowest
-# final validation error. Other batch sizes take the nearest searched one on a log scale; weight
-# norm takes the baseline's rates (it was not searched).
-SEARCHED_LEARNING_RATES = {
-    ("none", 128): 1e-3, ("batch", 128): 1e-3, ("layer", 128): 3e-4,
-    ("none", 4): 1e-4, ("batch", 4): 3e-4, ("layer", 4): 1e-4,
-}
 UNBIASED_VARIANCE_MAX_BATCH = 16
 EXAMPLES_PER_CALL = 512
 
 
-def default_learning_rate(norm: str, batch_size: int) -> float:
-    searched = "none" if norm == "weight" else norm
-    sizes = sorted({bs for n, bs in SEARCHED_LEARNING_RATES if n == searched})
-    nearest = min(sizes, key=lambda b: abs(np.log(b) - np.log(batch_size)))
-    return SEARCHED_LEARNING_RATES[(searched, nearest)]
+def searched_learning_rate(searched: dict[str, dict[str, float]], norm: str,
+                           batch_size: int) -> float:
+    """The rate the config's table (norm -> {'bs<N>': rate}) gives this norm at the searched
+    batch size nearest `batch_size` on a log scale."""
+    by_size = {int(key.removeprefix("bs")): rate for key, rate in searched[norm].items()}
+    nearest = min(sorted(by_size), key=lambda b: abs(np.log(b) - np.log(batch_size)))
+    return by_size[nearest]
+
+
+def _valid_rate_table(table) -> bool:
+    try:
+        return set(NORMS) <= set(table) and all(
+            len(rates) > 0 and all(key.startswith("bs") and int(key[2:]) >= 1 and rate > 0
+                          for key, rate in rates.items()) for rates in table.values())
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -61,6 +64,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         validation.Rule("steps_per_call", validation.integer(0), ">= 0 (0: automatic)"),
         validation.Rule("eval_batch_size", positive, ">= 1"),
         validation.Rule("train_eval_examples", positive, ">= 1"),
+        validation.Rule("searched_learning_rates", _valid_rate_table,
+                        "{norm: {'bs<N>': rate > 0}} with an entry for every norm"),
         *[r for r in validation.shared_rules()
           if not (r.key == "learning_rate" and config.learning_rate is None)],
     ]
@@ -73,7 +78,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if config.bn_unbiased_variance is None:
         config.bn_unbiased_variance = config.batch_size <= UNBIASED_VARIANCE_MAX_BATCH
     if config.learning_rate is None:
-        config.learning_rate = default_learning_rate(config.norm, config.batch_size)
+        config.learning_rate = searched_learning_rate(
+            config.searched_learning_rates.to_dict(), config.norm, config.batch_size)
     if config.steps_per_call == 0:
         config.steps_per_call = max(1, EXAMPLES_PER_CALL // config.batch_size)
     return config

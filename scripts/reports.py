@@ -1,0 +1,281 @@
+"""The one place that says which records every table and figure is made from.
+
+A *source* is a set of records: the sweep that makes them and the directory they live in. A
+*profile* picks the sources (`quick`: what `make reproduce` runs, under runs/quick; `full`: the
+committed records in results/). Every table and figure names the sources it reads;
+scripts/reproduce.py runs a profile's sweeps and then `build`s it, and scripts/update_results.py
+`build`s the full profile into README.md's marked blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Callable, Mapping
+
+from lnrepro import invariance, metrics
+from scripts import figures, tables
+
+NO_RUNS = "_No finished or partial runs recorded yet._"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    sweep: str      # "<sweep file>:<name>", run by experiments/sweep.py
+    directory: str  # below the profile's records (and workdirs) root
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    sources: Mapping[str, Source]
+    sweeps: tuple[str, ...]  # the sources scripts/reproduce.py runs, in this order
+    records_root: str
+    workdir_root: str
+    out_dir: str  # figures, and the tables as <name>.md
+
+
+MNIST, READER = "configs/pi_mnist_sweeps.py", "configs/attentive_reader_sweeps.py"
+FULL_SOURCES = {
+    "fig6": Source(f"{MNIST}:fig6", "pi_mnist/fig6"),
+    "batch_sizes": Source(f"{MNIST}:batch_sizes", "pi_mnist/batch_sizes"),
+    "mnist_lr": Source(f"{MNIST}:lr_search", "pi_mnist/lr_search"),
+    "fig2": Source(f"{READER}:fig2", "attentive_reader/fig2"),
+    "gain": Source(f"{READER}:gain", "attentive_reader/gain"),
+    "reader_lr": Source(f"{READER}:lr_search", "attentive_reader/lr_search"),
+    "reader_long_lr": Source(f"{READER}:long_lr_search", "attentive_reader/long_lr_search"),
+    "reader_long": Source(f"{READER}:long", "attentive_reader/long"),
+    # A `make reproduce` run's records, copied from runs/quick/records.
+    "quick_mnist": Source(f"{MNIST}:quick", "quick/pi_mnist"),
+    "quick_reader": Source(f"{READER}:quick", "quick/attentive_reader"),
+}
+PROFILES = {
+    "quick": Profile({"fig6": Source(f"{MNIST}:quick", "pi_mnist"),
+                      "fig2": Source(f"{READER}:quick", "attentive_reader")},
+                     sweeps=("fig6", "fig2"), records_root="runs/quick/records",
+                     workdir_root="runs/quick/workdirs", out_dir="runs/quick"),
+    "full": Profile(FULL_SOURCES, sweeps=("fig6", "fig2", "gain", "batch_sizes", "reader_long"),
+                    records_root="results", workdir_root="runs", out_dir="results"),
+}
+
+
+NLL_FLOOR = 1e-12  # a training NLL that rounds to 0 in float32 counts as this (below all others)
+
+
+def _log10_final(key: str) -> Callable[[metrics.RunRecord], float]:
+    return lambda run: math.log10(max(run.rows[-1][key], NLL_FLOOR))
+
+
+def _final(key: str, scale: float = 100.0) -> Callable[[metrics.RunRecord], float]:
+    return lambda run: scale * run.rows[-1][key]
+
+
+def _epoch_staying_below(key: str, target: float) -> Callable[[metrics.RunRecord], float]:
+    """The epoch after which `key` stays below target; a run that never settles there counts
+    as one epoch past its end (so the test is conservative for it)."""
+    def measure(run):
+        epoch = tables.first_row_staying_below(run, key, target, "epoch")
+        return len(run.rows) + 1 if epoch is None else epoch
+    return measure
+
+
+def _reaches(key: str, target: float) -> Callable[[metrics.RunRecord], bool]:
+    return lambda run: tables.first_row_below(run, key, target + 1e-9, "step") is not None
+
+
+def _mnist(norm, bs):
+    return {"norm": norm, "batch_size": bs}
+
+
+def _cell(cell, everywhere=False):
+    return {"cell": cell, "bn_everywhere": everywhere}
+
+
+C = tables.Claim
+CLAIMS = (
+    C("bs 128: LN drives training NLL lower than BN", "fig6", _mnist("layer", 128),
+      _mnist("batch", 128), _log10_final("train_nll"), "log10 final training NLL", -1),
+    C("bs 128: LN drives training NLL lower than no norm", "fig6", _mnist("layer", 128),
+      _mnist("none", 128), _log10_final("train_nll"), "log10 final training NLL", -1),
+    C("bs 128: LN's training NLL settles below 1e-3 sooner than BN's", "fig6",
+      _mnist("layer", 128), _mnist("batch", 128), _epoch_staying_below("train_nll", 1e-3),
+      "epoch after which NLL < 1e-3", -1),
+    C("bs 128: LN's training NLL settles below 1e-3 sooner than no norm's", "fig6",
+      _mnist("layer", 128), _mnist("none", 128), _epoch_staying_below("train_nll", 1e-3),
+      "epoch after which NLL < 1e-3", -1),
+    C("bs 128: LN ends with lower test error than BN", "fig6", _mnist("layer", 128),
+      _mnist("batch", 128), _final("test_error"), "final test error (%)", -1),
+    C("bs 128: LN ends with lower test error than no norm", "fig6", _mnist("layer", 128),
+      _mnist("none", 128), _final("test_error"), "final test error (%)", -1),
+    C("bs 4: LN ends with lower test error than BN", "fig6", _mnist("layer", 4),
+      _mnist("batch", 4), _final("test_error"), "final test error (%)", -1),
+    C("bs 4: LN ends with lower test error than no norm", "fig6", _mnist("layer", 4),
+      _mnist("none", 4), _final("test_error"), "final test error (%)", -1),
+    C("6000 updates: LN-LSTM leaves the 73% plateau more often than BN-LSTM", "fig2",
+      _cell("lnlstm"), _cell("bnlstm"), _reaches("valid_error", tables.PLATEAU_EXIT),
+      "seeds below 70% within 6000 updates", +1),
+    C("6000 updates: LN-LSTM leaves the 73% plateau more often than LSTM", "fig2",
+      _cell("lnlstm"), _cell("lstm"), _reaches("valid_error", tables.PLATEAU_EXIT),
+      "seeds below 70% within 6000 updates", +1),
+    C("30k updates: LN-LSTM ends lower than LSTM", "reader_long", _cell("lnlstm"),
+      _cell("lstm"), _final("valid_error"), "final validation error (%)", -1),
+    C("30k updates: LN-LSTM ends lower than BN-LSTM", "reader_long", _cell("lnlstm"),
+      _cell("bnlstm"), _final("valid_error"), "final validation error (%)", -1),
+    C("30k updates: LN-LSTM ends lower than BN-everywhere", "reader_long", _cell("lnlstm"),
+      _cell("bnlstm", True), _final("valid_error"), "final validation error (%)", -1),
+    C("30k updates: LN-LSTM reaches 30% more often than LSTM", "reader_long", _cell("lnlstm"),
+      _cell("lstm"), _reaches("valid_error", tables.LONG_TARGET),
+      "seeds below 30% within 30k updates", +1),
+    C("30k updates: LN-LSTM reaches 30% more often than BN-LSTM", "reader_long",
+      _cell("lnlstm"), _cell("bnlstm"), _reaches("valid_error", tables.LONG_TARGET),
+      "seeds below 30% within 30k updates", +1),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _corpus_lines(synthetic: tuple) -> dict[str, float]:
+    from lnrepro.data import synthetic_cloze  # only figures of synthetic-corpus records need it
+    config = synthetic_cloze.SyntheticConfig(**dict(synthetic))
+    errors = synthetic_cloze.shallow_baseline_errors(config)
+    # Chance: a uniform guess among the corpus's entities (ids are permuted per batch, so an
+    # entity's id carries nothing).
+    return {"chance": 1 - 1 / config.num_entities,
+            "most frequent entity": errors["most_frequent_entity"],
+            "best-matching sentence": errors["sentence_match"]}
+
+
+def reader_reference_lines(records: list[metrics.RunRecord]) -> dict[str, float]:
+    """Chance and the shallow baselines' validation errors on the records' synthetic corpus
+    (regenerated from its config: the same config always gives the same corpus); none for
+    the real corpus."""
+    corpora = {tuple(sorted(r.config["synthetic"].items())) for r in records
+               if r.config.get("corpus") == "synthetic" and "synthetic" in r.config}
+    return _corpus_lines(corpora.pop()) if len(corpora) == 1 else {}
+
+
+RUNTIMES = (  # (what, source, config selection) per row of the runtimes table
+    ("quick reproduction: pi-MNIST, 3 epochs", "quick_mnist", {}),
+    ("quick reproduction: reader, 1000 updates", "quick_reader", {}),
+    ("Fig. 6, batch 128, 60 epochs", "fig6", {"batch_size": 128}),
+    ("Fig. 6, batch 4, 60 epochs", "fig6", {"batch_size": 4}),
+    ("batch-size ablation, 3 epochs", "batch_sizes", {}),
+    ("pi-MNIST learning-rate search", "mnist_lr", {}),
+    ("reader Fig. 2: LSTM, 6000 updates", "fig2", {"cell": "lstm"}),
+    ("reader Fig. 2: LN-LSTM, 6000 updates", "fig2", {"cell": "lnlstm"}),
+    ("reader Fig. 2: BN-LSTM, 6000 updates", "fig2", _cell("bnlstm")),
+    ("reader Fig. 2: BN-everywhere, 6000 updates", "fig2", _cell("bnlstm", True)),
+    ("reader, 30k updates: LSTM", "reader_long", {"cell": "lstm"}),
+    ("reader, 30k updates: LN-LSTM", "reader_long", {"cell": "lnlstm"}),
+    ("reader, 30k updates: BN-LSTM", "reader_long", _cell("bnlstm")),
+    ("reader, 30k updates: learning-rate search", "reader_long_lr", {}),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    name: str                 # README block `<!-- name -->`, and <name>.md in quick's out_dir
+    sources: tuple[str, ...]  # all needed
+    make: Callable[[dict[str, list[metrics.RunRecord]]], str]
+    optional: tuple[str, ...] = ()  # read when the profile has them
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    file: str
+    sources: tuple[str, ...]
+    make: Callable[[dict[str, list[metrics.RunRecord]], str], str]
+
+
+def _all(records: dict[str, list]) -> list[metrics.RunRecord]:
+    return [r for runs in records.values() for r in runs]
+
+
+TABLES = (
+    Table("fig6 table", ("fig6",), lambda r: tables.fig6(r["fig6"])),
+    Table("batch_sizes table", ("batch_sizes",), lambda r: tables.batch_sizes(r["batch_sizes"])),
+    Table("mnist lr table", ("mnist_lr",), lambda r: tables.mnist_learning_rates(r["mnist_lr"])[0]),
+    Table("reader table", ("fig2",), lambda r: tables.reader(r["fig2"])),
+    Table("gain table", ("gain", "fig2"), lambda r: tables.gain(_all(r))),
+    Table("reader lr table", ("reader_lr",),
+          lambda r: tables.reader_learning_rates(r["reader_lr"])),
+    Table("reader long lr table", ("reader_long_lr",),
+          lambda r: tables.reader_learning_rates(r["reader_long_lr"])),
+    Table("reader long table", ("reader_long",), lambda r: tables.reader_long(r["reader_long"])),
+    Table("claims table", (), lambda r: tables.claims(CLAIMS, r),
+          optional=("fig6", "fig2", "reader_long")),
+    Table("runtimes table", (), lambda r: tables.runtimes(r, RUNTIMES),
+          optional=tuple(dict.fromkeys(source for _, source, _ in RUNTIMES))),
+)
+FIGURES = (
+    Figure("pi_mnist_fig6.png", ("fig6",), lambda r, out: figures.fig6(r["fig6"], out)),
+    Figure("pi_mnist_fig6_wallclock.png", ("fig6",),
+           lambda r, out: figures.fig6(r["fig6"], out, x="minutes")),
+    Figure("pi_mnist_batch_sizes.png", ("batch_sizes",),
+           lambda r, out: figures.batch_sizes(r["batch_sizes"], out)),
+    Figure("attentive_reader_fig2.png", ("fig2",), lambda r, out: figures.reader(
+        r["fig2"], out, reader_reference_lines(r["fig2"]), xs=("step", "minutes"))),
+    Figure("attentive_reader_gain.png", ("gain", "fig2"), lambda r, out: figures.gain(
+        _all(r), out, reader_reference_lines(_all(r)))),
+    Figure("attentive_reader_long.png", ("reader_long",), lambda r, out: figures.reader(
+        r["reader_long"], out, reader_reference_lines(r["reader_long"]),
+        xs=("step", "minutes"), title="Attentive reader, 30k updates, each variant at its "
+        "learning rate")),
+)
+# Tables computed rather than read from records.
+COMPUTED = {"invariance table": lambda: invariance.format_table(invariance.compute_table())}
+# Benchmark outputs, as `make benchmark` saves them (results/benchmarks/<name>.md): the README
+# shows the saved output, so every benchmark number there was printed by a benchmark run.
+BENCHMARKS = ("ops", "train", "reader", "members")
+
+
+def benchmark_blocks(results: str) -> dict[str, str]:
+    blocks = {}
+    for name in BENCHMARKS:
+        path = os.path.join(results, "benchmarks", f"{name}.md")
+        if os.path.exists(path):
+            with open(path) as f:
+                blocks[f"benchmark {name}"] = f.read().strip()
+    return blocks
+
+
+def load(profile: Profile, names) -> dict[str, list[metrics.RunRecord]]:
+    return {name: metrics.load_runs(os.path.join(profile.records_root,
+                                                 profile.sources[name].directory))
+            for name in names}
+
+
+def _usable(records: dict[str, list], figure: bool) -> bool:
+    """A figure needs finished runs in the batch-size ablation (its points are final errors)
+    and records in every source; a table is built from whatever exists."""
+    if figure:
+        return all(records.values()) and not (
+            "batch_sizes" in records and not any(r.finished for r in records["batch_sizes"]))
+    return any(records.values())
+
+
+def build(profile: Profile, write_figures: bool = True, computed: bool = True
+          ) -> dict[str, str]:
+    """Table name -> markdown for every table whose sources the profile has (NO_RUNS when they
+    hold no records yet), each with a line saying what made its records; with write_figures,
+    writes every figure whose records exist to the profile's out_dir."""
+    blocks = {}
+    for table in TABLES:
+        if not set(table.sources) <= set(profile.sources):
+            continue
+        records = load(profile, table.sources + tuple(
+            name for name in table.optional if name in profile.sources))
+        if table.name == "batch_sizes table":
+            records = {k: [r for r in v if r.finished] for k, v in records.items()}
+        blocks[table.name] = (f"{table.make(records)}\n\n{metrics.provenance_note(_all(records))}"
+                              if _usable(records, figure=False) else NO_RUNS)
+    for figure in FIGURES if write_figures else ():
+        if set(figure.sources) <= set(profile.sources):
+            records = load(profile, figure.sources)
+            if _usable(records, figure=True):
+                figure.make(records, os.path.join(profile.out_dir, figure.file))
+    if profile.records_root == profile.out_dir:  # the committed results
+        blocks.update(benchmark_blocks(profile.records_root))
+    if computed:
+        blocks.update({name: make() for name, make in COMPUTED.items()})
+    return blocks

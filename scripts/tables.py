@@ -1,0 +1,280 @@
+"""Every results table, as markdown, from run records alone (config.json + metrics.jsonl).
+
+scripts/reports.py says which records each table is built from and where it goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from lnrepro import metrics
+from scripts import stats
+
+NLL_TARGET = 0.01
+# Fig. 6 gives curves, not numbers: the text states only the claims.
+FIG6_PAPER = {128: "Fig. 6 (curves only): LN converges faster than BN and the baseline",
+              4: "Fig. 6 (curves only): LN robust to batch size 4, BN degrades"}
+READER_LABELS = {("lstm", False): "LSTM", ("bnlstm", False): "BN-LSTM",
+                 ("bnlstm", True): "BN-everywhere", ("lnlstm", False): "LN-LSTM"}
+# Cooijmans et al. 2016 curves on CNN top4 (the paper's Fig. 2 compares against them): minimum
+# validation error and where. The LN-LSTM curve has no numbers in the text ("lower and faster
+# than all three").
+READER_PAPER = {"LSTM": "50.3% at ~759k", "BN-LSTM": "49.5% at ~228k",
+                "BN-everywhere": "50.0% at ~126k", "LN-LSTM": "below all three (no number)"}
+# Within 6000 updates the synthetic runs fall from chance (87.5%) to a plateau near 73% and some
+# then leave it; 70% marks leaving the plateau.
+PLATEAU_EXIT = 0.70
+# For the 30k-update runs: well past the plateau, halfway from it to the sentence-matching
+# baseline (15.1%).
+LONG_TARGET = 0.30
+NORM_ORDER = ("none", "batch", "layer", "weight")
+
+
+def first_row_below(run: metrics.RunRecord, key: str, target: float, x: str) -> int | None:
+    """x of the first row whose `key` is below `target`, or None."""
+    for row in run.rows:
+        if row.get(key) is not None and row[key] < target:
+            return row[x]
+    return None
+
+
+def first_row_staying_below(run: metrics.RunRecord, key: str, target: float, x: str
+                            ) -> int | None:
+    """x of the row after which `key` stays below `target` to the end, or None. Unlike the first
+    crossing, one lucky evaluation of a noisy curve does not count."""
+    staying = None
+    for row in run.rows:
+        if row.get(key) is None or row[key] >= target:
+            staying = None
+        elif staying is None:
+            staying = row[x]
+    return staying
+
+
+def _listed(values: Sequence) -> str:
+    return ", ".join("-" if v is None else str(v) for v in values)
+
+
+def fig6(records: list[metrics.RunRecord]) -> str:
+    """Per norm and batch size (finished runs only, when the group has any): seeds, epochs,
+    final test error and training NLL (mean ± sample std over seeds), the epoch the training NLL
+    first fell below NLL_TARGET, and one run's minutes on the machine that made it."""
+    groups = metrics.group_runs(records, ("norm", "batch_size"))
+    lines = ["| batch | norm | seeds | epochs | test error (%) | training NLL | "
+             f"epoch NLL < {NLL_TARGET} | minutes / run | paper |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (norm, bs), group in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        runs, left_out = metrics.prefer_finished(group)
+        seeds = f"{len(runs)}" + (f" (+{len(left_out)} unfinished, not shown)" if left_out else "")
+        epochs = min(len(r.rows) for r in runs)
+        finals = [r.rows[epochs - 1] for r in runs]
+        reached = [first_row_below(r, "train_nll", NLL_TARGET, "epoch") for r in runs]
+        minutes = np.mean([sum(row.get("round_seconds", 0.0) for row in r.rows[:epochs])
+                           for r in runs]) / 60
+        lines.append(
+            f"| {bs} | {norm} | {seeds} | {epochs} | "
+            f"{stats.mean_std([f['test_error'] for f in finals], 100)} | "
+            f"{stats.mean_std([f['train_nll'] for f in finals], digits=1, style='e')} | "
+            f"{_listed(reached)} | {minutes:.1f} | {FIG6_PAPER.get(bs, '')} |")
+    return "\n".join(lines)
+
+
+def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
+    """Final validation error per (norm, batch size, learning rate), and the rate chosen for
+    each (norm, batch size): the lowest validation error (test data is not looked at)."""
+    groups = metrics.group_runs(records, ("norm", "batch_size", "learning_rate"))
+    best: dict[tuple, tuple[float, float]] = {}
+    lines = ["| batch | norm | learning rate | epochs | validation error (%) |",
+             "|---|---|---|---|---|"]
+    for (norm, bs, lr), runs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0],
+                                                                        kv[0][2])):
+        error = float(np.mean([r.rows[-1]["valid_error"] for r in runs]))
+        lines.append(f"| {bs} | {norm} | {lr:g} | {len(runs[0].rows)} | {100 * error:.2f} |")
+        if (norm, bs) not in best or error < best[(norm, bs)][1]:
+            best[(norm, bs)] = (lr, error)
+    chosen = {key: lr for key, (lr, _) in best.items()}
+    lines.append("")
+    lines.append("Chosen: " + ", ".join(f"{norm} at batch {bs}: {lr:g}"
+                                         for (norm, bs), lr in sorted(chosen.items())))
+    return "\n".join(lines), chosen
+
+
+def final_values(records: list[metrics.RunRecord], key: str = "test_error"
+                 ) -> dict[str, dict[int, list[float]]]:
+    """norm -> batch size -> the final `key` of every finished run (one per seed)."""
+    values: dict[str, dict[int, list[float]]] = {}
+    for record in records:
+        if record.finished:
+            norm, batch_size = record.config["norm"], record.config["batch_size"]
+            values.setdefault(norm, {}).setdefault(batch_size, []).append(record.rows[-1][key])
+    return values
+
+
+def batch_sizes(records: list[metrics.RunRecord]) -> str:
+    """One row per norm, one column per batch size: mean final test error (%) ± the sample
+    standard deviation over finished seeds, with the seed and epoch counts under it."""
+    errors = final_values(records)
+    sizes = sorted({bs for by_size in errors.values() for bs in by_size})
+    counts = {len(v) for by_size in errors.values() for v in by_size.values()}
+    lines = ["| norm | " + " | ".join(f"bs {bs}" for bs in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for norm in [n for n in NORM_ORDER if n in errors]:
+        cells = []
+        for bs in sizes:
+            values = errors[norm].get(bs, [])
+            cell = stats.mean_std(values, 100) if values else "-"
+            cells.append(cell + (f" ({len(values)})" if values and len(counts) > 1 else ""))
+        lines.append(f"| {norm} | " + " | ".join(cells) + " |")
+    epochs = sorted({r.config["num_epochs"] for r in records if r.finished})
+    seeds = (f"{counts.pop()} finished seed(s) per cell" if len(counts) == 1 else
+             "the finished seeds (their number in brackets)")
+    lines += ["", f"Final test error (%) after {', '.join(map(str, epochs))} epochs: mean "
+                  f"(± sample standard deviation) over {seeds}; the figure's bars are the "
+                  f"min-max range."]
+    return "\n".join(lines)
+
+
+def _reader_groups(records):
+    return metrics.group_runs(records, ("cell", "bn_everywhere"))
+
+
+def reader(records: list[metrics.RunRecord], target: float = PLATEAU_EXIT,
+           paper: bool = True) -> str:
+    """Per reader variant: seeds, learning rate, updates, best and final validation error
+    (mean ± sample std over seeds), the updates at which each seed first got below `target`,
+    and one run's minutes on the machine that made it."""
+    lines = ["| variant | seeds | learning rate | updates | best validation error (%) | "
+             f"final (%) | updates to {100 * target:.0f}%, per seed | minutes / run |"
+             + (" paper (CNN top4, Cooijmans et al. 2016) |" if paper else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if paper else "")]
+    groups = _reader_groups(records)
+    for key, label in READER_LABELS.items():
+        runs = groups.get(key)
+        if not runs:
+            continue
+        best = [min(row["valid_error"] for row in run.rows) for run in runs]
+        final = [run.rows[-1]["valid_error"] for run in runs]
+        reached = [first_row_below(run, "valid_error", target + 1e-9, "step") for run in runs]
+        minutes = np.mean([sum(row.get("round_seconds", 0.0) for row in run.rows)
+                           for run in runs]) / 60
+        lines.append(f"| {label} | {len(runs)} | {runs[0].config['learning_rate']:g} | "
+                     f"{min(run.rows[-1]['step'] for run in runs)} | "
+                     f"{stats.mean_std(best, 100, 1)} | {stats.mean_std(final, 100, 1)} | "
+                     f"{_listed(reached)} | {minutes:.0f} |"
+                     + (f" {READER_PAPER[label]} |" if paper else ""))
+    return "\n".join(lines)
+
+
+def reader_long(records: list[metrics.RunRecord]) -> str:
+    return reader(records, target=LONG_TARGET, paper=False)
+
+
+def reader_learning_rates(records: list[metrics.RunRecord]) -> str:
+    """Validation error (%) per (variant, learning rate): final and best (one seed each)."""
+    groups = metrics.group_runs(records, ("cell", "bn_everywhere", "learning_rate"))
+    lines = ["| variant | learning rate | updates | final validation error (%) | best (%) |",
+             "|---|---|---|---|---|"]
+    order = list(READER_LABELS)
+    for (cell, everywhere, lr), runs in sorted(
+            groups.items(), key=lambda kv: (order.index(kv[0][:2]), kv[0][2])):
+        errors = [row["valid_error"] for row in runs[0].rows]
+        lines.append(f"| {READER_LABELS[(cell, everywhere)]} | {lr:g} | "
+                     f"{runs[0].rows[-1]['step']} | {100 * errors[-1]:.1f} | "
+                     f"{100 * min(errors):.1f} |")
+    return "\n".join(lines)
+
+
+def gain(records: list[metrics.RunRecord]) -> str:
+    """LN-LSTM by gain initialization: best and final validation error over seeds."""
+    lnlstm = [r for r in records
+              if r.config.get("cell") == "lnlstm" and not r.config.get("bn_everywhere")]
+    groups = metrics.group_runs(lnlstm, ("ln_gain_init",))
+    lines = ["| LN gain init | seeds | updates | best validation error (%) | final (%) | "
+             f"updates to {100 * PLATEAU_EXIT:.0f}% |", "|---|---|---|---|---|---|"]
+    for (value,), runs in sorted(groups.items(), reverse=True):
+        best = [min(row["valid_error"] for row in run.rows) for run in runs]
+        final = [run.rows[-1]["valid_error"] for run in runs]
+        reached = [first_row_below(run, "valid_error", PLATEAU_EXIT + 1e-9, "step")
+                   for run in runs]
+        lines.append(f"| {value:g} | {len(runs)} | {min(run.rows[-1]['step'] for run in runs)} | "
+                     f"{stats.mean_std(best, 100, 1)} | {stats.mean_std(final, 100, 1)} | "
+                     f"{_listed(reached)} |")
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claim of the paper, as a comparison of two groups of runs over seeds.
+
+    `a` and `b` select runs by config values; `measure` turns a run into the number compared
+    (or a bool: reached a target, compared with Fisher's test); `sign` is the claimed direction
+    of A - B (-1: A lower)."""
+    text: str
+    source: str
+    a: Mapping[str, object]
+    b: Mapping[str, object]
+    measure: Callable[[metrics.RunRecord], float | bool]
+    measured: str
+    sign: int
+
+
+def _select(records, where: Mapping[str, object]) -> list[metrics.RunRecord]:
+    return [r for r in records if r.finished
+            and all(r.config.get(k, False if k == "bn_everywhere" else None) == v
+                    for k, v in where.items())]
+
+
+def _format_effect(c: stats.Comparison, unit: str) -> str:
+    if c.test == "Fisher":
+        return f"{100 * c.effect:+.0f} points of seeds"
+    return f"{c.effect:+.3g} [{c.low:+.3g}, {c.high:+.3g}]{unit}"
+
+
+def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]]) -> str:
+    """One row per claim: the two groups' values, A - B with its 95% interval, the test and its
+    p, and the verdict (stats.verdict). Claims whose records are missing are left out."""
+    lines = ["| claim | measured | A (per seed) | B (per seed) | A - B [95% CI] | test, p | "
+             "verdict |", "|---|---|---|---|---|---|---|"]
+    for claim in claim_list:
+        a = [claim.measure(r) for r in _select(records.get(claim.source, []), claim.a)]
+        b = [claim.measure(r) for r in _select(records.get(claim.source, []), claim.b)]
+        if not a or not b:
+            continue
+        booleans = isinstance(a[0], (bool, np.bool_))
+        comparison = stats.fisher(a, b) if booleans else stats.welch(a, b)
+        shown = (lambda v: f"{sum(v)}/{len(v)}") if booleans else (
+            lambda v: ", ".join(f"{x:.3g}" for x in v))
+        effect = "-" if comparison is None else _format_effect(comparison, "")
+        test = "-" if comparison is None else f"{comparison.test}, {comparison.p:.2g}"
+        lines.append(f"| {claim.text} | {claim.measured} | {shown(a)} | {shown(b)} | {effect} | "
+                     f"{test} | **{stats.verdict(comparison, claim.sign)}** |")
+    return "\n".join(lines)
+
+
+def runtimes(records: Mapping[str, list[metrics.RunRecord]],
+             rows: Sequence[tuple[str, str, Mapping[str, object]]]) -> str:
+    """Per (label, source, config selection): the finished runs, the median minutes of training
+    and evaluation one run took (the sum of its rounds' seconds: start-up, data preparation and
+    compiling excluded), their total, and the machines their records name."""
+    lines = ["| runs of | runs | minutes per run (median) | hours in all | made on |",
+             "|---|---|---|---|---|"]
+    for label, name, where in rows:
+        runs = _select(records.get(name, []), where)
+        if not runs:
+            continue
+        minutes = [sum(row.get("round_seconds", 0.0) for row in run.rows) / 60 for run in runs]
+        machines = sorted({machine_label(entry) for run in runs for entry in run.provenance})
+        lines.append(f"| {label} | {len(runs)} | {np.median(minutes):.1f} | "
+                     f"{sum(minutes) / 60:.1f} | {', '.join(machines) or 'unrecorded'} |")
+    return "\n".join(lines)
+
+
+def machine_label(entry: Mapping) -> str:
+    """'cpu (2 cores)' or 'NVIDIA H100 80GB HBM3 (1 device)' from one provenance entry."""
+    if entry.get("backend") == "cpu":
+        return f"cpu ({entry['cpu_count']} cores)" if entry.get("cpu_count") else "cpu"
+    count = entry.get("device_count", 0)
+    return f"{entry.get('device_kind', '?')} ({count} device{'s' * (count != 1)})"
