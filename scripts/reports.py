@@ -40,7 +40,10 @@ MNIST, READER = "configs/pi_mnist_sweeps.py", "configs/attentive_reader_sweeps.p
 FULL_SOURCES = {
     "fig6": Source(f"{MNIST}:fig6", "pi_mnist/fig6"),
     "batch_sizes": Source(f"{MNIST}:batch_sizes", "pi_mnist/batch_sizes"),
+    "batch_sizes_long": Source(f"{MNIST}:batch_sizes_long", "pi_mnist/batch_sizes_long"),
     "mnist_lr": Source(f"{MNIST}:lr_search", "pi_mnist/lr_search"),
+    "mnist_lr_full": Source(f"{MNIST}:lr_search_full", "pi_mnist/lr_search_full"),
+    "bn_controls": Source(f"{MNIST}:bn_controls", "pi_mnist/bn_controls"),
     "fig2": Source(f"{READER}:fig2", "attentive_reader/fig2"),
     "gain": Source(f"{READER}:gain", "attentive_reader/gain"),
     "reader_lr": Source(f"{READER}:lr_search", "attentive_reader/lr_search"),
@@ -55,7 +58,10 @@ PROFILES = {
                       "fig2": Source(f"{READER}:quick", "attentive_reader")},
                      sweeps=("fig6", "fig2"), records_root="runs/quick/records",
                      workdir_root="runs/quick/workdirs", out_dir="runs/quick"),
-    "full": Profile(FULL_SOURCES, sweeps=("fig6", "fig2", "gain", "batch_sizes", "reader_long"),
+    # The order of the open questions (README, "Where we differ"): the reader to the end of
+    # training, Fig. 6 at 10 seeds, the fair learning-rate search, BN's controls, the ablation.
+    "full": Profile(FULL_SOURCES, sweeps=("reader_long", "fig6", "mnist_lr_full", "bn_controls",
+                                          "batch_sizes", "batch_sizes_long", "fig2", "gain"),
                     records_root="results", workdir_root="runs", out_dir="results"),
 }
 
@@ -112,6 +118,12 @@ CLAIMS = (
       _mnist("batch", 4), _final("test_error"), "final test error (%)", -1),
     C("bs 4: LN ends with lower test error than no norm", "fig6", _mnist("layer", 4),
       _mnist("none", 4), _final("test_error"), "final test error (%)", -1),
+    C("bs 128: BN on the hidden layers only drives training NLL lower than BN on all layers",
+      "bn_controls", {"batch_size": 128, "normalize_logits": False}, _mnist("batch", 128),
+      _log10_final("train_nll"), "log10 final training NLL", -1, b_source="fig6"),
+    C("bs 4: BN on the hidden layers only drives training NLL lower than BN on all layers",
+      "bn_controls", {"batch_size": 4, "normalize_logits": False}, _mnist("batch", 4),
+      _log10_final("train_nll"), "log10 final training NLL", -1, b_source="fig6"),
     C("6000 updates: LN-LSTM leaves the 73% plateau more often than BN-LSTM", "fig2",
       _cell("lnlstm"), _cell("bnlstm"), _reaches("valid_error", tables.PLATEAU_EXIT),
       "seeds below 70% within 6000 updates", +1),
@@ -195,6 +207,13 @@ TABLES = (
     Table("fig6 table", ("fig6",), lambda r: tables.fig6(r["fig6"])),
     Table("batch_sizes table", ("batch_sizes",), lambda r: tables.batch_sizes(r["batch_sizes"])),
     Table("mnist lr table", ("mnist_lr",), lambda r: tables.mnist_learning_rates(r["mnist_lr"])[0]),
+    Table("mnist lr full table", ("mnist_lr_full",),
+          lambda r: tables.mnist_learning_rates(r["mnist_lr_full"])[0]),
+    Table("bn controls table", ("bn_controls",), lambda r: tables.by_settings(
+        r["bn_controls"], ("batch_size", "normalize_logits", "bn_eval_statistics",
+                           "bn_unbiased_variance"))),
+    Table("batch_sizes long table", ("batch_sizes_long",),
+          lambda r: tables.batch_sizes(r["batch_sizes_long"])),
     Table("reader table", ("fig2",), lambda r: tables.reader(r["fig2"])),
     Table("gain table", ("gain", "fig2"), lambda r: tables.gain(_all(r))),
     Table("reader lr table", ("reader_lr",),
@@ -203,7 +222,7 @@ TABLES = (
           lambda r: tables.reader_learning_rates(r["reader_long_lr"])),
     Table("reader long table", ("reader_long",), lambda r: tables.reader_long(r["reader_long"])),
     Table("claims table", (), lambda r: tables.claims(CLAIMS, r),
-          optional=("fig6", "fig2", "reader_long")),
+          optional=("fig6", "fig2", "reader_long", "bn_controls")),
     Table("runtimes table", (), lambda r: tables.runtimes(r, RUNTIMES),
           optional=tuple(dict.fromkeys(source for _, source, _ in RUNTIMES))),
 )
@@ -265,7 +284,7 @@ def build(profile: Profile, write_figures: bool = True, computed: bool = True
             continue
         records = load(profile, table.sources + tuple(
             name for name in table.optional if name in profile.sources))
-        if table.name == "batch_sizes table":
+        if table.name.startswith("batch_sizes"):
             records = {k: [r for r in v if r.finished] for k, v in records.items()}
         blocks[table.name] = (f"{table.make(records)}\n\n{metrics.provenance_note(_all(records))}"
                               if _usable(records, figure=False) else NO_RUNS)

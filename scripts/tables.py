@@ -82,6 +82,21 @@ def fig6(records: list[metrics.RunRecord]) -> str:
     return "\n".join(lines)
 
 
+def by_settings(records: list[metrics.RunRecord], keys: tuple[str, ...]) -> str:
+    """One row per combination of the config `keys`: seeds, epochs, final test error and
+    training NLL (mean ± sample std over finished seeds)."""
+    groups = metrics.group_runs([r for r in records if r.finished], keys)
+    lines = ["| " + " | ".join(keys) + " | seeds | epochs | test error (%) | training NLL |",
+             "|" + "---|" * (len(keys) + 4)]
+    for values, runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        finals = [run.rows[-1] for run in runs]
+        lines.append("| " + " | ".join(str(v) for v in values) + f" | {len(runs)} | "
+                     f"{len(runs[0].rows)} | "
+                     f"{stats.mean_std([f['test_error'] for f in finals], 100)} | "
+                     f"{stats.mean_std([f['train_nll'] for f in finals], digits=1, style='e')} |")
+    return "\n".join(lines)
+
+
 def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
     """Final validation error per (norm, batch size, learning rate), and the rate chosen for
     each (norm, batch size): the lowest validation error (test data is not looked at)."""
@@ -219,6 +234,7 @@ class Claim:
     measure: Callable[[metrics.RunRecord], float | bool]
     measured: str
     sign: int
+    b_source: str | None = None  # B's records, when not `source`'s
 
 
 def _select(records, where: Mapping[str, object]) -> list[metrics.RunRecord]:
@@ -240,7 +256,8 @@ def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRe
              "verdict |", "|---|---|---|---|---|---|---|"]
     for claim in claim_list:
         a = [claim.measure(r) for r in _select(records.get(claim.source, []), claim.a)]
-        b = [claim.measure(r) for r in _select(records.get(claim.source, []), claim.b)]
+        b = [claim.measure(r) for r in _select(records.get(claim.b_source or claim.source, []),
+                                               claim.b)]
         if not a or not b:
             continue
         booleans = isinstance(a[0], (bool, np.bool_))

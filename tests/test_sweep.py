@@ -90,11 +90,14 @@ def test_where_the_data_lives_and_the_logged_diagnostic_do_not_make_a_record_sta
 def test_sweep_files_list_unique_runs_in_priority_order():
     fig6 = pi_mnist_sweeps.get_config("fig6").runs
     names = [r["name"] for r in fig6]
-    assert len(names) == len(set(names)) == 18
+    assert len(names) == len(set(names)) == 60  # 3 norms x 2 batch sizes x 10 seeds
     assert names[:6] == ["layer_bs128_seed0", "batch_bs128_seed0", "none_bs128_seed0",
                          "layer_bs4_seed0", "batch_bs4_seed0", "none_bs4_seed0"]
-    assert all("bs128" in name for name in names[6:12])  # cheap seeds before batch 4's
-    assert all("bs4" in name for name in names[12:])
+    assert all("bs128" in name for name in names[6:33])  # cheap seeds before batch 4's
+    assert all("bs4" in name for name in names[33:])
+    controls = pi_mnist_sweeps.get_config("bn_controls").runs
+    assert len(controls) == 18 and all(r["overrides"]["norm"] == "batch" for r in controls)
+    assert len(pi_mnist_sweeps.get_config("lr_search_full").runs) == 7 * 3 * 2 * 2
     sizes = pi_mnist_sweeps.get_config("batch_sizes").runs
     assert not any(r["overrides"]["norm"] == "batch" and r["overrides"]["batch_size"] == 1
                    for r in sizes)
@@ -108,7 +111,7 @@ def test_only_selects_runs_by_name_and_rejects_a_pattern_that_matches_nothing():
     selected = sweep.select_runs(runs, "bs128_seed2$")
     assert [r["name"] for r in selected] == ["layer_bs128_seed2", "batch_bs128_seed2",
                                              "none_bs128_seed2"]
-    assert len(sweep.select_runs(runs, None)) == 18
+    assert len(sweep.select_runs(runs, None)) == 60
     with pytest.raises(ValueError, match="matches none of the sweep's runs"):
         sweep.select_runs(runs, "bs512")
 
@@ -118,7 +121,7 @@ def test_shards_split_a_sweep_over_machines_each_run_once():
     shards = [sweep.shard_runs(runs, f"{i}/4") for i in range(4)]
     names = sorted(r["name"] for shard in shards for r in shard)
     assert names == sorted(r["name"] for r in runs)
-    assert [len(shard) for shard in shards] == [5, 5, 4, 4]
+    assert [len(shard) for shard in shards] == [15, 15, 15, 15]
     assert sweep.shard_runs(runs, None) == list(runs)
     for bad in ("4/4", "1", "a/b", "-1/2"):
         with pytest.raises(ValueError, match="INDEX/COUNT"):
@@ -159,12 +162,12 @@ def test_sweep_groups_runs_that_share_shapes_into_programs(tmp_path):
     plan = pi_mnist_sweeps.get_config("fig6")
     empty = str(tmp_path / "no_records")
     programs = sweep.plan_programs(plan, plan.runs, empty)
-    assert len(programs) == 6  # (norm, batch size) pairs; their 3 seeds each share a program
+    assert len(programs) == 6  # (norm, batch size) pairs; their 10 seeds each share a program
     for program in programs:
         configs = [config for _, config in program]
-        assert sorted(c.seed for c in configs) == [0, 1, 2]
+        assert sorted(c.seed for c in configs) == list(range(10))
         assert len({(c.norm, c.batch_size) for c in configs}) == 1
-    assert len(sweep.plan_programs(plan, plan.runs, empty, members_per_program=2)) == 12
+    assert len(sweep.plan_programs(plan, plan.runs, empty, members_per_program=2)) == 30
     one_each = sweep.plan_programs(plan, plan.runs, empty, members_per_program=1)
     assert [p[0][0]["name"] for p in one_each] == [r["name"] for r in plan.runs]  # sweep order
 
