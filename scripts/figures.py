@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display here or in CI
 import matplotlib.patches as mpatches
+import matplotlib.ticker
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -133,10 +134,15 @@ def batch_sizes(records: list[metrics.RunRecord], out: str) -> str:
         spread = np.array([mean - [v.min() for v in values], [v.max() for v in values] - mean])
         seeds = sorted({len(v) for v in values})
         label, color = NORMS[norm]
+        counts = "-".join(map(str, sorted({seeds[0], seeds[-1]})))
         ax.errorbar(sizes, mean, yerr=spread, color=color, marker="o", capsize=3,
-                    label=f"{label} ({'-'.join(map(str, sorted({seeds[0], seeds[-1]})))} seeds)")
+                    label=f"{label} ({counts} seed{'s' * (counts != '1')})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("batch size")
     ax.set_ylabel("final test error (%, log)")
     ax.set_title(f"pi-MNIST, equal examples seen ({', '.join(map(str, epochs))} epochs)")
