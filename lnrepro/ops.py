@@ -7,8 +7,10 @@ output has the input's dtype.
 
 Equations (Ba, Kiros, Hinton 2016, sec. 3; Ioffe and Szegedy 2015; Salimans and Kingma 2016):
 
-  layer norm   mu_n = mean_i a_ni,  s_n^2 = mean_i (a_ni - mu_n)^2,  y_ni = g_i (a_ni - mu_n) / sqrt(s_n^2 + eps) + b_i
-  batch norm   mu_i = mean_n a_ni,  s_i^2 = mean_n (a_ni - mu_i)^2,  y_ni = g_i (a_ni - mu_i) / sqrt(s_i^2 + eps) + b_i
+  layer norm   mu_n = mean_i a_ni,  s_n^2 = mean_i (a_ni - mu_n)^2,
+               y_ni = g_i (a_ni - mu_n) / sqrt(s_n^2 + eps) + b_i
+  batch norm   mu_i = mean_n a_ni,  s_i^2 = mean_n (a_ni - mu_i)^2,
+               y_ni = g_i (a_ni - mu_i) / sqrt(s_i^2 + eps) + b_i
   weight norm  w_i = g_i v_i / ||v_i||
 
 Layer norm reduces over the features of one example; batch norm over the examples for each feature.

@@ -16,6 +16,8 @@ from typing import Any
 
 import jax
 
+from lnrepro import ops
+
 # The libraries whose versions can change a run's numbers or its record.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint",
             "tensorflow-datasets", "ml_collections")
@@ -68,4 +70,10 @@ def collect(matmul_precision: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),  # XLA:CPU is one device however many cores it uses
         "process_count": jax.process_count(),
         "matmul_precision": matmul_precision,
+        # Which layer norm ops.layer_norm runs here by default: the fused Pallas kernel on a
+        # single GPU (for the shapes it serves), XLA elsewhere. Its float32 rounding differs.
+        "layer_norm": ("pallas where it serves the shape, else xla"
+                       if ops.layer_norm_implementation((1, 1), jax.numpy.float32, (1,),
+                                                        jax.default_backend(),
+                                                        len(devices)) == "pallas" else "xla"),
     }

@@ -196,7 +196,8 @@ class LNLSTMCell(_Cell):
 
 
 class GRUCell(_Cell):
-    """[z;r] = W_zr x + U_zr h + b_zr; h~ = tanh(W x + b + s(r) * (U h)); h_t = (1-s(z)) h + s(z) h~."""
+    """[z;r] = W_zr x + U_zr h + b_zr; h~ = tanh(W x + b + s(r) * (U h));
+    h_t = (1-s(z)) h + s(z) h~."""
     num_gates = 3
     carry_parts = 1
 
@@ -415,7 +416,8 @@ class SequenceRunner(nn.Module):
             new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
             return new_carry, out._replace(h=jnp.where(keep, out.h, cell.hidden(carry)))
 
-        scan = nn.scan(body, variable_broadcast=("params", "batch_stats"), split_rngs={"params": False},
+        scan = nn.scan(body, variable_broadcast=("params", "batch_stats"),
+                       split_rngs={"params": False},
                        in_axes=0, out_axes=0)
         time_major = StepInput(jnp.swapaxes(inputs.terms, 0, 1), mask.T, population)
         carry, outputs = scan(self.cell, initial_carry, time_major)  # StepOutput, [T, B, H]

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lnrepro import metrics
-from scripts.tables import final_values
+from scripts import tables
 
 NORMS = {  # norm: (label, color)
     "none": ("Baseline", "tab:gray"),
@@ -27,12 +27,8 @@ NORMS = {  # norm: (label, color)
     "layer": ("LayerNorm", "tab:red"),
     "weight": ("WeightNorm", "tab:green"),
 }
-READER_VARIANTS = {  # (cell, bn_everywhere): (label, color)
-    ("lstm", False): ("LSTM", "tab:gray"),
-    ("bnlstm", False): ("BN-LSTM", "tab:blue"),
-    ("bnlstm", True): ("BN-everywhere", "tab:green"),
-    ("lnlstm", False): ("LN-LSTM", "tab:red"),
-}
+READER_COLORS = {("lstm", False): "tab:gray", ("bnlstm", False): "tab:blue",
+                 ("bnlstm", True): "tab:green", ("lnlstm", False): "tab:red"}
 BAND = mpatches.Patch(color="0.5", alpha=0.2, label="shaded: min-max over seeds")
 X_LABELS = {"epoch": "epoch", "step": "training updates", "minutes": "wall-clock minutes"}
 
@@ -122,7 +118,7 @@ def fig6(records: list[metrics.RunRecord], out: str, x: str = "epoch") -> str:
 def batch_sizes(records: list[metrics.RunRecord], out: str) -> str:
     """Final test error against batch size per norm (log-log: BN's error at batch 2 is an order
     of magnitude above the rest), mean over finished seeds with min-max bars."""
-    errors = final_values(records)
+    errors = tables.final_values(records)
     if not errors:
         raise ValueError("no finished runs in these records; run the batch_sizes sweep first.")
     epochs = sorted({r.config["num_epochs"] for r in records if r.finished})
@@ -161,7 +157,7 @@ def draw_reference_lines(ax, lines: Mapping[str, float]) -> None:
                     color="0.3")
 
 
-def reader(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[str, float] = {},
+def reader(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[str, float],
            xs: tuple[str, ...] = ("step",), title: str = "") -> str:
     """Validation error of the four reader variants against each x in `xs` (one panel each),
     with chance and the corpus's shallow baselines drawn in."""
@@ -169,9 +165,11 @@ def reader(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[
     fig, axes = plt.subplots(1, len(xs), figsize=(6.5 * len(xs), 4.5), squeeze=False,
                              sharey=True)
     for ax, x in zip(axes[0], xs):
-        for key, (label, color) in READER_VARIANTS.items():
+        for key, label in tables.READER_LABELS.items():
+            color = READER_COLORS[key]
             if groups.get(key):
-                draw_group(ax, groups[key], "valid_error", x, seeds_label(label, groups[key]),
+                runs, left_out = metrics.prefer_finished(groups[key])
+                draw_group(ax, runs, "valid_error", x, seeds_label(label, runs, left_out),
                            color, 100.0)
         draw_reference_lines(ax, reference_lines)
         finish_axes(ax, x, "validation error (%)", legend=ax is axes[0, 0])
@@ -179,7 +177,7 @@ def reader(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[
     return save_figure(fig, records, out)
 
 
-def gain(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[str, float] = {}
+def gain(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[str, float]
          ) -> str:
     """LN-LSTM validation error by LN gain initialization (sec. 6.2)."""
     lnlstm = [r for r in records
@@ -187,9 +185,9 @@ def gain(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[st
     groups = metrics.group_runs(lnlstm, ("ln_gain_init",))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for (value,), color in zip(sorted(groups, reverse=True), ("tab:red", "tab:orange", "tab:pink")):
-        runs = groups[(value,)]
+        runs, left_out = metrics.prefer_finished(groups[(value,)])
         draw_group(ax, runs, "valid_error", "step",
-                   seeds_label(f"LN-LSTM, gain init {value:g}", runs), color, 100.0)
+                   seeds_label(f"LN-LSTM, gain init {value:g}", runs, left_out), color, 100.0)
     draw_reference_lines(ax, reference_lines)
     finish_axes(ax, "step", "validation error (%)",
                 "Attentive reader, synthetic cloze corpus: LN gain initialization")

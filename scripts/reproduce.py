@@ -1,6 +1,6 @@
 """The main job: run a profile's sweeps, then rebuild its figures and tables from the records.
 
-  .venv/bin/python -m scripts.reproduce --profile=quick   # `make reproduce`: ~8 min on 2 cores
+  .venv/bin/python -m scripts.reproduce --profile=quick   # `make reproduce` (README: runtimes)
   .venv/bin/python -m scripts.reproduce --profile=full    # `make reproduce-full`: paper length
 
 quick writes runs/quick/ (records, figures, tables as <name>.md; nothing committed). full writes

@@ -98,9 +98,11 @@ def by_settings(records: list[metrics.RunRecord], keys: tuple[str, ...]) -> str:
 
 
 def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
-    """Final validation error per (norm, batch size, learning rate), and the rate chosen for
-    each (norm, batch size): the lowest validation error (test data is not looked at)."""
-    groups = metrics.group_runs(records, ("norm", "batch_size", "learning_rate"))
+    """Final validation error per (norm, batch size, learning rate), mean over its finished
+    seeds, and the rate chosen for each (norm, batch size): the lowest validation error (test
+    data is not looked at)."""
+    groups = metrics.group_runs([r for r in records if r.finished],
+                                ("norm", "batch_size", "learning_rate"))
     best: dict[tuple, tuple[float, float]] = {}
     lines = ["| batch | norm | learning rate | epochs | validation error (%) |",
              "|---|---|---|---|---|"]
@@ -152,10 +154,6 @@ def batch_sizes(records: list[metrics.RunRecord]) -> str:
     return "\n".join(lines)
 
 
-def _reader_groups(records):
-    return metrics.group_runs(records, ("cell", "bn_everywhere"))
-
-
 def reader(records: list[metrics.RunRecord], target: float = PLATEAU_EXIT,
            paper: bool = True) -> str:
     """Per reader variant: seeds, learning rate, updates, best and final validation error
@@ -165,17 +163,18 @@ def reader(records: list[metrics.RunRecord], target: float = PLATEAU_EXIT,
              f"final (%) | updates to {100 * target:.0f}%, per seed | minutes / run |"
              + (" paper (CNN top4, Cooijmans et al. 2016) |" if paper else ""),
              "|---|---|---|---|---|---|---|---|" + ("---|" if paper else "")]
-    groups = _reader_groups(records)
+    groups = metrics.group_runs(records, ("cell", "bn_everywhere"))
     for key, label in READER_LABELS.items():
-        runs = groups.get(key)
-        if not runs:
+        if not groups.get(key):
             continue
+        runs, left_out = metrics.prefer_finished(groups[key])
         best = [min(row["valid_error"] for row in run.rows) for run in runs]
         final = [run.rows[-1]["valid_error"] for run in runs]
         reached = [first_row_below(run, "valid_error", target + 1e-9, "step") for run in runs]
         minutes = np.mean([sum(row.get("round_seconds", 0.0) for row in run.rows)
                            for run in runs]) / 60
-        lines.append(f"| {label} | {len(runs)} | {runs[0].config['learning_rate']:g} | "
+        seeds = f"{len(runs)}" + (f" (+{len(left_out)} unfinished)" if left_out else "")
+        lines.append(f"| {label} | {seeds} | {runs[0].config['learning_rate']:g} | "
                      f"{min(run.rows[-1]['step'] for run in runs)} | "
                      f"{stats.mean_std(best, 100, 1)} | {stats.mean_std(final, 100, 1)} | "
                      f"{_listed(reached)} | {minutes:.0f} |"
@@ -188,8 +187,10 @@ def reader_long(records: list[metrics.RunRecord]) -> str:
 
 
 def reader_learning_rates(records: list[metrics.RunRecord]) -> str:
-    """Validation error (%) per (variant, learning rate): final and best (one seed each)."""
-    groups = metrics.group_runs(records, ("cell", "bn_everywhere", "learning_rate"))
+    """Validation error (%) per (variant, learning rate): final and best (one finished seed
+    each)."""
+    groups = metrics.group_runs([r for r in records if r.finished],
+                                ("cell", "bn_everywhere", "learning_rate"))
     lines = ["| variant | learning rate | updates | final validation error (%) | best (%) |",
              "|---|---|---|---|---|"]
     order = list(READER_LABELS)
@@ -209,7 +210,8 @@ def gain(records: list[metrics.RunRecord]) -> str:
     groups = metrics.group_runs(lnlstm, ("ln_gain_init",))
     lines = ["| LN gain init | seeds | updates | best validation error (%) | final (%) | "
              f"updates to {100 * PLATEAU_EXIT:.0f}% |", "|---|---|---|---|---|---|"]
-    for (value,), runs in sorted(groups.items(), reverse=True):
+    for (value,), group in sorted(groups.items(), reverse=True):
+        runs, _ = metrics.prefer_finished(group)
         best = [min(row["valid_error"] for row in run.rows) for run in runs]
         final = [run.rows[-1]["valid_error"] for run in runs]
         reached = [first_row_below(run, "valid_error", PLATEAU_EXIT + 1e-9, "step")
@@ -220,13 +222,16 @@ def gain(records: list[metrics.RunRecord]) -> str:
     return "\n".join(lines)
 
 
+TESTS = {"welch": stats.welch, "rank": stats.rank_test, "fisher": stats.fisher}
+
+
 @dataclasses.dataclass(frozen=True)
 class Claim:
     """A claim of the paper, as a comparison of two groups of runs over seeds.
 
-    `a` and `b` select runs by config values; `measure` turns a run into the number compared
-    (or a bool: reached a target, compared with Fisher's test); `sign` is the claimed direction
-    of A - B (-1: A lower)."""
+    `a` and `b` select runs by config values (from `source`'s records; B from `b_source`'s when
+    given); `measure` turns a finished run into the number compared, or for the Fisher test
+    into a bool (reached a target); `sign` is the claimed direction of A - B (-1: A lower)."""
     text: str
     source: str
     a: Mapping[str, object]
@@ -234,40 +239,59 @@ class Claim:
     measure: Callable[[metrics.RunRecord], float | bool]
     measured: str
     sign: int
-    b_source: str | None = None  # B's records, when not `source`'s
+    test: str = "welch"  # a key of TESTS
+    b_source: str | None = None
 
 
-def _select(records, where: Mapping[str, object]) -> list[metrics.RunRecord]:
-    return [r for r in records if r.finished
-            and all(r.config.get(k, False if k == "bn_everywhere" else None) == v
-                    for k, v in where.items())]
+def _matches(record: metrics.RunRecord, where: Mapping[str, object]) -> bool:
+    # Records made before bn_everywhere existed are not BN-everywhere runs.
+    return all(record.config.get(k, False if k == "bn_everywhere" else None) == v
+               for k, v in where.items())
 
 
-def _format_effect(c: stats.Comparison, unit: str) -> str:
+def _select(records, where: Mapping[str, object]) -> tuple[list[metrics.RunRecord], int]:
+    """The finished runs matching `where`, and how many matching runs diverged. Raises
+    metrics.MixedSettingsError if the finished ones differ in anything but the seed."""
+    matching = [r for r in records if _matches(r, where)]
+    finished = [r for r in matching if r.finished]
+    metrics.group_runs(finished, ())  # pooled as seeds of one setting: check that they are
+    return finished, sum(r.diverged is not None for r in matching)
+
+
+def _format_effect(c: stats.Comparison) -> str:
     if c.test == "Fisher":
         return f"{100 * c.effect:+.0f} points of seeds"
-    return f"{c.effect:+.3g} [{c.low:+.3g}, {c.high:+.3g}]{unit}"
+    if np.isnan(c.low):
+        return f"{c.effect:+.3g} (medians)"
+    return f"{c.effect:+.3g} [{c.low:+.3g}, {c.high:+.3g}]"
 
 
 def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]]) -> str:
-    """One row per claim: the two groups' values, A - B with its 95% interval, the test and its
-    p, and the verdict (stats.verdict). Claims whose records are missing are left out."""
+    """One row per claim: the two groups' per-seed values, A - B with its 95% interval, the test
+    and its p, and the verdict (stats.verdict). Only finished runs count; diverged ones are
+    counted beside them. Claims whose records are missing are left out."""
     lines = ["| claim | measured | A (per seed) | B (per seed) | A - B [95% CI] | test, p | "
              "verdict |", "|---|---|---|---|---|---|---|"]
     for claim in claim_list:
-        a = [claim.measure(r) for r in _select(records.get(claim.source, []), claim.a)]
-        b = [claim.measure(r) for r in _select(records.get(claim.b_source or claim.source, []),
-                                               claim.b)]
-        if not a or not b:
+        runs_a, diverged_a = _select(records.get(claim.source, []), claim.a)
+        runs_b, diverged_b = _select(records.get(claim.b_source or claim.source, []), claim.b)
+        if not runs_a or not runs_b:
             continue
-        booleans = isinstance(a[0], (bool, np.bool_))
-        comparison = stats.fisher(a, b) if booleans else stats.welch(a, b)
-        shown = (lambda v: f"{sum(v)}/{len(v)}") if booleans else (
-            lambda v: ", ".join(f"{x:.3g}" for x in v))
-        effect = "-" if comparison is None else _format_effect(comparison, "")
+        a, b = [claim.measure(r) for r in runs_a], [claim.measure(r) for r in runs_b]
+        # A censored value (+-inf: known only to lie beyond every measured one) has a rank but
+        # no size, so it turns a t-test into a rank test.
+        censored = claim.test != "fisher" and not np.all(np.isfinite(a + b))
+        comparison = TESTS["rank" if censored else claim.test](a, b)
+
+        def shown(values, diverged):
+            text = (f"{sum(values)}/{len(values)}" if claim.test == "fisher" else
+                    ", ".join(f"{x:.3g}" for x in values))
+            return text + (f" (+{diverged} diverged)" if diverged else "")
+        effect = "-" if comparison is None else _format_effect(comparison)
         test = "-" if comparison is None else f"{comparison.test}, {comparison.p:.2g}"
-        lines.append(f"| {claim.text} | {claim.measured} | {shown(a)} | {shown(b)} | {effect} | "
-                     f"{test} | **{stats.verdict(comparison, claim.sign)}** |")
+        lines.append(f"| {claim.text} | {claim.measured} | {shown(a, diverged_a)} | "
+                     f"{shown(b, diverged_b)} | {effect} | {test} | "
+                     f"**{stats.verdict(comparison, claim.sign)}** |")
     return "\n".join(lines)
 
 
@@ -279,7 +303,7 @@ def runtimes(records: Mapping[str, list[metrics.RunRecord]],
     lines = ["| runs of | runs | minutes per run (median) | hours in all | made on |",
              "|---|---|---|---|---|"]
     for label, name, where in rows:
-        runs = _select(records.get(name, []), where)
+        runs = [r for r in records.get(name, []) if r.finished and _matches(r, where)]
         if not runs:
             continue
         minutes = [sum(row.get("round_seconds", 0.0) for row in run.rows) / 60 for run in runs]

@@ -17,10 +17,20 @@ def test_presets_and_nested_keys_apply_left_to_right():
     assert reader_config.get_config("features=128,paper").features == 240  # paper came last
     with pytest.raises(ValueError, match="unknown preset 'papr'.*presets: \\['paper'\\]"):
         reader_config.get_config("papr")
-    with pytest.raises(KeyError, match="unknown config key 'synthetic.num_fact'"):
+    with pytest.raises(ValueError, match="unknown config key 'synthetic.num_fact'"):
         reader_config.get_config("synthetic.num_fact=6")
     with pytest.raises(ValueError, match="neither a preset name nor key=value"):
         mnist_config.get_config("norm=layer,3x")
+
+
+def test_values_may_hold_commas_inside_brackets_and_quotes():
+    config = mnist_config.get_config("hidden_sizes=(32,32,32),norm=batch")
+    assert tuple(config.hidden_sizes) == (32, 32, 32) and config.norm == "batch"
+    assert common.parse_overrides("a='x,y',b=[1,2]") == [("a", "x,y"), ("b", [1, 2])]
+    with pytest.raises(ValueError, match="neither a preset name nor key=value"):
+        mnist_config.get_config("norm=batch,")  # a stray comma is an empty item, not "batch,"
+    with pytest.raises(ValueError, match="unclosed bracket"):
+        mnist_config.get_config("hidden_sizes=(32,32")
 
 
 def test_an_explicit_none_is_a_value_not_a_preset():

@@ -42,7 +42,8 @@ def test_fig6_table_and_plot(tmp_path):
     records = metrics.load_runs(root)
 
     text = tables.fig6(records)
-    # LN: mean 1.10 and sample std 0.14 of 1.0 and 1.2 (%); NLL 0.1/27 at epoch 3, the first below 0.01; 3 epochs of 30 s.
+    # LN: mean 1.10 and sample std 0.14 of 1.0 and 1.2 (%); NLL 0.1/27 at epoch 3, the first
+    # below 0.01; 3 epochs of 30 s.
     assert "| 4 | layer | 2 | 3 | 1.10 ± 0.14 | 3.7e-03 ± 0.0e+00 | 3, 3 | 1.5 |" in text
     assert ("| 4 | batch | 1 (+1 unfinished, not shown) | 3 | 3.00 | 3.7e-03 | 3 | 1.5 |"
             in text)
@@ -148,6 +149,12 @@ def test_welch_and_fisher_match_hand_computed_values():
     f = stats.fisher([True] * 3, [False] * 3)
     assert f.p == pytest.approx(0.1) and f.effect == 1.0
     assert stats.verdict(f, +1) == "not settled"
+    # Ranks: 3 against 3 completely separated is 2 of the 20 orderings, p = 0.1 (3 seeds a side
+    # can never reach 0.05), and infinite (censored) values are fine.
+    r = stats.rank_test([1, 2, float("-inf")], [4, 5, 6])
+    assert r.p == pytest.approx(0.1) and r.effect == 1 - 5 and r.test == "Mann-Whitney"
+    nan = stats.Comparison(0.0, 0.0, 0.0, float("nan"), "Welch")
+    assert stats.verdict(nan, -1) == "not settled"
 
 
 def test_claims_table_states_each_claim_with_its_statistics(tmp_path):
@@ -161,6 +168,13 @@ def test_claims_table_states_each_claim_with_its_statistics(tmp_path):
     # Means 1.1 and 2.1, both sample std 0.1: A - B = -1.0, t = -12.2 on 4 dof, p = 0.00026.
     row = next(line for line in text.splitlines() if line.startswith("| LN below BN"))
     assert "| 1, 1.1, 1.2 | 2, 2.2, 2.1 | -1 [" in row and "| Welch, 0.00026 | **holds** |" in row
+    # A censored value (inf: never reached) turns the t-test into a rank test.
+    never = tables.Claim("LN below BN", "fig6", {"norm": "layer"}, {"norm": "batch"},
+                         lambda run: 1.0 if run.config["norm"] == "layer" else float("inf"),
+                         "epochs", -1)
+    text = tables.claims([never], {"fig6": metrics.load_runs(root)})
+    assert "| 1, 1, 1 | inf, inf, inf | -inf (medians) | Mann-Whitney, 0.1 | **not settled** |" \
+        in text
     # The NLL "settles" measure ignores a lucky early dip.
     run = metrics.load_runs(root)[0]
     assert tables.first_row_staying_below(run, "train_nll", 0.05, "epoch") == 2

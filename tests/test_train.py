@@ -272,7 +272,7 @@ def test_config_argument_overrides_are_parsed_as_literals():
     assert tuple(config.hidden_sizes) == (32, 16)
     assert config.distributed is False  # not bool("False")
     assert config.learning_rate == 1e-3  # a placeholder field takes a float
-    with pytest.raises(KeyError, match="unknown config key 'nrom'"):
+    with pytest.raises(ValueError, match="unknown config key 'nrom'"):
         pi_mnist_config.get_config("nrom=layer")
     with pytest.raises(TypeError):
         pi_mnist_config.get_config("batch_size=large")
