@@ -150,7 +150,7 @@ def main(argv):
     print(f"backend: {jax.default_backend()} ({device.device_kind}, {jax.device_count()} "
           f"device(s)); copy bandwidth {bandwidth / 1e9:.1f} GB/s")
     print(f"train_members here: "
-          f"{'vmapped' if train.vmaps_members(2) else 'one member after another (sequential)'}")
+          f"{'vmapped' if train.vmaps_members(2) else 'one member after another (sequential)'}\n")
     print("| workload | K | sequential examples/s | vmapped examples/s | ratio vmapped/"
           "sequential | us per member-step (vmapped) | floor us | member-step / floor |")
     print("|---|---|---|---|---|---|---|---|")

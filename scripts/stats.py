@@ -41,6 +41,9 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Comparison | None:
     either side has fewer than 2 seeds (no variance to compare against)."""
     if len(a) < 2 or len(b) < 2:
         return None
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # two constants: their difference is exact
+        effect = float(a[0] - b[0])
+        return Comparison(effect, effect, effect, 0.0 if effect else 1.0, "Welch")
     result = stats.ttest_ind(a, b, equal_var=False)
     interval = result.confidence_interval(1 - ALPHA)
     return Comparison(float(np.mean(a) - np.mean(b)), float(interval.low), float(interval.high),
@@ -54,8 +57,9 @@ def rank_test(a: Sequence[float], b: Sequence[float]) -> Comparison | None:
     if len(a) < 2 or len(b) < 2:
         return None
     p = stats.mannwhitneyu(a, b, alternative="two-sided", method="exact").pvalue
-    return Comparison(float(np.median(a) - np.median(b)), float("nan"), float("nan"), float(p),
-                      "Mann-Whitney")
+    median_a, median_b = np.median(a), np.median(b)
+    effect = 0.0 if median_a == median_b else median_a - median_b  # inf - inf is no difference
+    return Comparison(float(effect), float("nan"), float("nan"), float(p), "Mann-Whitney")
 
 
 def fisher(hits_a: Sequence[bool], hits_b: Sequence[bool]) -> Comparison:

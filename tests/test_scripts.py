@@ -144,6 +144,8 @@ def test_welch_and_fisher_match_hand_computed_values():
                                             abs=1e-3)
     assert stats.verdict(c, -1) == "holds" and stats.verdict(c, +1) == "does not hold"
     assert stats.welch([1], [2, 3]) is None
+    assert stats.welch([1, 1], [2, 2]) == stats.Comparison(-1.0, -1.0, -1.0, 0.0, "Welch")
+    assert stats.rank_test([float("inf")] * 2, [float("inf")] * 2).effect == 0.0
     assert stats.verdict(None, -1).startswith("not settled")
     # 3 of 3 against 0 of 3: one table in 20 is at least this extreme, times two sides.
     f = stats.fisher([True] * 3, [False] * 3)
