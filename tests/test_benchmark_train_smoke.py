@@ -23,7 +23,7 @@ def run_main(module, *args: str) -> None:
 
 
 def test_benchmark_train_quick(capsys):
-    run_main(benchmark_train, "--quick", "--repeats=2")
+    run_main(benchmark_train, "--quick", "--repeats=1")
     out = capsys.readouterr().out
 
     assert ("| batch | norm | steps/call (ours) | baseline examples/s | ours examples/s | "
@@ -81,7 +81,7 @@ def test_a_timed_round_trains_what_the_trainers_round_trains(tmp_path):
 
 
 def test_benchmark_reader_quick(capsys):
-    run_main(benchmark_reader, "--quick", "--repeats=2")
+    run_main(benchmark_reader, "--quick", "--repeats=1")
     out = capsys.readouterr().out
 
     assert "| size | variant | ms/update | ratio to lstm |" in out

@@ -10,6 +10,7 @@ the help even when another flag is unknown.)
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import shlex
@@ -83,12 +84,25 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_every_readme_command_parses_as_pasted(command):
+def _parse_only(command: str) -> subprocess.CompletedProcess:
     _, _, module, *args = shlex.split(command)
-    result = subprocess.run([sys.executable, "-c", PARSE_ONLY, module, *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return subprocess.run([sys.executable, "-c", PARSE_ONLY, module, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.fixture(scope="module")
+def parsed() -> dict[str, subprocess.CompletedProcess]:
+    """Every command's parse-only run, one per core at a time (each is a fresh interpreter
+    that imports jax)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return dict(zip(COMMANDS, pool.map(_parse_only, COMMANDS)))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_readme_command_parses_as_pasted(command, parsed):
+    _, _, module, *args = shlex.split(command)
+    result = parsed[command]
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     passed = {a.split("=")[0].lstrip("-").split(".")[0] for a in args if a.startswith("--")}
     assert passed <= set(result.stdout.split()[1:]), (command, result.stdout)
