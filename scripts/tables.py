@@ -154,6 +154,15 @@ def batch_sizes(records: list[metrics.RunRecord]) -> str:
     return "\n".join(lines)
 
 
+def _validation_summary(runs: list[metrics.RunRecord], target: float):
+    """Per run: the best and the final validation error, and the update at which it first got
+    to `target` or below (None if never)."""
+    best = [min(row["valid_error"] for row in run.rows) for run in runs]
+    final = [run.rows[-1]["valid_error"] for run in runs]
+    reached = [first_row_below(run, "valid_error", target + 1e-9, "step") for run in runs]
+    return best, final, reached
+
+
 def reader(records: list[metrics.RunRecord], target: float = PLATEAU_EXIT,
            paper: bool = True) -> str:
     """Per reader variant: seeds, learning rate, updates, best and final validation error
@@ -168,9 +177,7 @@ def reader(records: list[metrics.RunRecord], target: float = PLATEAU_EXIT,
         if not groups.get(key):
             continue
         runs, left_out = metrics.prefer_finished(groups[key])
-        best = [min(row["valid_error"] for row in run.rows) for run in runs]
-        final = [run.rows[-1]["valid_error"] for run in runs]
-        reached = [first_row_below(run, "valid_error", target + 1e-9, "step") for run in runs]
+        best, final, reached = _validation_summary(runs, target)
         minutes = np.mean([sum(row.get("round_seconds", 0.0) for row in run.rows)
                            for run in runs]) / 60
         seeds = f"{len(runs)}" + (f" (+{len(left_out)} unfinished)" if left_out else "")
@@ -212,10 +219,7 @@ def gain(records: list[metrics.RunRecord]) -> str:
              f"updates to {100 * PLATEAU_EXIT:.0f}% |", "|---|---|---|---|---|---|"]
     for (value,), group in sorted(groups.items(), reverse=True):
         runs, _ = metrics.prefer_finished(group)
-        best = [min(row["valid_error"] for row in run.rows) for run in runs]
-        final = [run.rows[-1]["valid_error"] for run in runs]
-        reached = [first_row_below(run, "valid_error", PLATEAU_EXIT + 1e-9, "step")
-                   for run in runs]
+        best, final, reached = _validation_summary(runs, PLATEAU_EXIT)
         lines.append(f"| {value:g} | {len(runs)} | {min(run.rows[-1]['step'] for run in runs)} | "
                      f"{stats.mean_std(best, 100, 1)} | {stats.mean_std(final, 100, 1)} | "
                      f"{_listed(reached)} |")
