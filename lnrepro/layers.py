@@ -36,6 +36,20 @@ class LayerNorm(nn.Module):
         return ops.layer_norm(x, scale, bias, axis=-1, epsilon=self.epsilon)
 
 
+class LayerNormParams(nn.Module):
+    """The gain and bias of a LayerNorm over `features` units, returned as (scale, bias) for code
+    that normalizes inside a larger fused function (lnrepro.cell_ops). Parameter names and
+    initializers are LayerNorm's, so a parameter tree or checkpoint is the same with either."""
+    features: int
+    scale_init: Initializer = nn.initializers.ones
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        return (self.param("scale", self.scale_init, (self.features,)),
+                self.param("bias", self.bias_init, (self.features,)))
+
+
 class BatchNorm(nn.Module):
     """Batch norm over axis 0 (the batch), features on the last axis.
 

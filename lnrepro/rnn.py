@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lnrepro import layers, ops
+from lnrepro import cell_ops, layers, ops
 
 Array = jax.Array
 Carry = Any
@@ -165,7 +165,9 @@ class LNLSTMCell(_Cell):
       h_t = sigmoid(o) tanh(LN(c_t; a3, b3))        (the raw c_t carries to the next step)
 
     `gain_init` is the initial value of every LN gain (1.0; sec. 6.2 found 0.1 worse). No
-    statistics to keep: each LN uses the current example and step only.
+    statistics to keep: each LN uses the current example and step only. The step after W_h h runs
+    as one function with a hand-written VJP (`cell_ops.ln_lstm_update`); the hidden and cell LNs
+    therefore hold only their parameters (`layers.LayerNormParams`, same names as a LayerNorm's).
     """
     gain_init: float = 1.0
     epsilon: float = ops.DEFAULT_EPSILON
@@ -176,8 +178,8 @@ class LNLSTMCell(_Cell):
         self.hidden_kernel = self._hidden_dense("hidden_kernel")
         self.bias = self.param("bias", self.bias_init, (4 * self.features,))
         self.input_norm = layers.LayerNorm(self.epsilon, scale_init=gain)
-        self.hidden_norm = layers.LayerNorm(self.epsilon, scale_init=gain)
-        self.cell_norm = layers.LayerNorm(self.epsilon, scale_init=gain)
+        self.hidden_norm = layers.LayerNormParams(4 * self.features, scale_init=gain)
+        self.cell_norm = layers.LayerNormParams(self.features, scale_init=gain)
 
     def project_inputs(self, xs: Array, mask: Array | None = None, *,
                        train: bool = False) -> InputTerms:
@@ -189,9 +191,8 @@ class LNLSTMCell(_Cell):
              train: bool = False) -> tuple[Carry, StepOutput]:
         del train
         c, h = carry
-        gates = inputs.projected + self.hidden_norm(self.hidden_kernel(h)) + self.bias
-        c, o = _lstm_update(gates, c)
-        h = jax.nn.sigmoid(o) * jnp.tanh(self.cell_norm(c))
+        c, h = cell_ops.ln_lstm_update(inputs.projected, self.hidden_kernel(h), c, self.bias,
+                                       *self.hidden_norm(), *self.cell_norm(), self.epsilon)
         return (c, h), StepOutput(h)
 
 

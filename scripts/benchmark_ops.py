@@ -26,8 +26,14 @@ On a GPU, layer norm at memory-bound sizes (6400x960 up to 65536x4096, `--dtype`
    copy's own are 2 and 4. The kernel's y and gradients are checked against the XLA path's first.
 
 2. LN-LSTM vs LSTM forward + backward through `rnn.SequenceRunner` (grads of sum(outputs) w.r.t.
-   the params) at batch 64, 100 steps, 240 units, input 240 (the attentive reader's size).
-   On a GPU the LN-LSTM's layer norms run whichever implementation `ops.layer_norm` picks.
+   the params) at batch 64, 100 steps, 240 units, input 240 (the attentive reader's size):
+     lstm                     rnn.LSTMCell
+     lnlstm                   rnn.LNLSTMCell: its step after W_h h is cell_ops.ln_lstm_update,
+                              one function with a hand-written VJP
+     lnlstm (autodiff step)   the same cell and parameters with the step written as separate
+                              ops.layer_norm calls left to autodiff (the cell before the fusion)
+   with the kernels each runs per time step in its forward and backward scans. On a GPU the
+   input-side layer norm runs whichever implementation `ops.layer_norm` picks.
 
 Goals: layer_norm forward + backward within 4x the copy's forward + backward; LN-LSTM forward +
 backward within 1.2x the plain LSTM's.
@@ -305,22 +311,47 @@ def loop_body_op_counts(hlo_text: str) -> list[int]:
     return counts
 
 
+class AutodiffStepLNLSTMCell(rnn.LNLSTMCell):
+    """rnn.LNLSTMCell with its step as separate layer norms left to autodiff: the same function
+    and parameters, the baseline for cell_ops.ln_lstm_update's hand-written VJP."""
+
+    def step(self, carry, inputs, *, train=False):
+        del train
+        c, h = carry
+        hidden_scale, hidden_bias = self.hidden_norm()
+        cell_scale, cell_bias = self.cell_norm()
+        gates = inputs.projected + ops.layer_norm(
+            self.hidden_kernel(h), hidden_scale, hidden_bias, epsilon=self.epsilon) + self.bias
+        i, f, o, g = jnp.split(gates, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(
+            ops.layer_norm(c, cell_scale, cell_bias, epsilon=self.epsilon))
+        return (c, h), rnn.StepOutput(h)
+
+
+LSTM_VARIANTS = {
+    "lstm": lambda units: rnn.make_cell("lstm", units),
+    "lnlstm": lambda units: rnn.make_cell("lnlstm", units),
+    "lnlstm (autodiff step)": AutodiffStepLNLSTMCell,
+}
+
+
 def benchmark_lstm(size: dict, repeats: int) -> tuple[dict[str, float], dict[str, list[int]]]:
-    """Median ms of jitted grad(sum(outputs)) w.r.t. params for the LSTM and the LN-LSTM, and the
+    """Median ms of jitted grad(sum(outputs)) w.r.t. params for each of LSTM_VARIANTS, and the
     ops per time step in their loop bodies (forward scan, backward scan)."""
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.normal(size=(size["batch"], size["steps"], size["inputs"])), jnp.float32)
     mask = jnp.ones(xs.shape[:2], jnp.float32)
     fns, params = {}, {}
-    for name in ("lstm", "lnlstm"):
-        runner = rnn.SequenceRunner(rnn.make_cell(name, size["units"]))
+    for name, make in LSTM_VARIANTS.items():
+        runner = rnn.SequenceRunner(make(size["units"]))
         params[name] = runner.init(jax.random.key(0), xs[:, :2], mask[:, :2])["params"]
 
         def loss(p, xs, mask, runner=runner):
             return jnp.sum(runner.apply({"params": p}, xs, mask)[1])
 
         fns[name] = jax.jit(jax.value_and_grad(loss))
-    # Each gets its own params; time both interleaved.
+    # Each gets its own params; time all interleaved.
     wrapped = {name: (lambda xs, mask, f=f, p=params[name]: f(p, xs, mask))
                for name, f in fns.items()}
     medians = _time_round_robin(wrapped, (xs, mask), repeats)
@@ -372,7 +403,7 @@ def run(*, repeats: int, quick: bool, calls: int, dtype: str) -> int:
           f"{lstm_size['units']} units, input {lstm_size['inputs']}\n")
     print("| cell | ms | ratio to lstm | ops per time step (forward + backward scan) |\n"
           "|---|---|---|---|")
-    for name in ("lstm", "lnlstm"):
+    for name in LSTM_VARIANTS:
         counts = op_counts[name]
         print(f"| {name} | {lstm[name]:.2f} | {lstm[name] / lstm['lstm']:.2f}x | "
               f"{' + '.join(map(str, counts))} = {sum(counts)} |")
