@@ -188,7 +188,8 @@ def _contract(a: Array, v: Array, a_axes: tuple[int, ...]) -> Array:
 
 
 def layer_norm_backward(x: Array, mean: Array, rstd: Array, scale: Array | None,
-                        has_bias: bool, dy: Array, axes: tuple[int, ...]
+                        has_bias: bool, dy: Array, axes: tuple[int, ...], *,
+                        row_sums_as_products: bool = False
                         ) -> tuple[Array, Array | None, Array | None]:
     """(dx, dscale, dbias) of y = layer_norm(x, scale, bias) from layer_norm_forward's mean and
     rstd; dscale is None without a scale, dbias None without a bias.
@@ -196,26 +197,35 @@ def layer_norm_backward(x: Array, mean: Array, rstd: Array, scale: Array | None,
       dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = scale * dy
       dscale = sum over rows of dy * xhat,  dbias = sum over rows of dy
 
-    Written with the centred input xc = x - mean (xhat = xc * rstd) and every reduction that
-    involves the scale or rstd as a matrix-vector product (_contract), so no vector is broadcast
-    to x's size before a reduction: 0.55-0.75x the time of the xhat form with reductions on
-    XLA:CPU, at every shape of scripts/benchmark_ops.py.
+    Written with the centred input xc = x - mean (xhat = xc * rstd) so that the per-row rstd is
+    applied to row sums, and dscale contracts dy * xc with the per-row rstd as a matrix-vector
+    product (_contract): XLA:CPU then does not broadcast rstd to x's size before a reduction.
+    This takes 0.87-0.95x the time of the xhat form in scripts/benchmark_ops.py's shapes.
+
+    row_sums_as_products: also take the two per-row sums of dxhat as products of dy with the
+    scale, so the scale is never broadcast before a reduction either. Faster where dy is laid out
+    as x (the LN-LSTM's step, lnrepro.cell_ops: 0.96x the LN-LSTM's time), much slower where XLA
+    must transpose dy first (the LN-LSTM's input terms, whose cotangent leaves a time-major scan:
+    1.2x), so it is the caller's choice.
     """
     other_axes = tuple(a for a in range(x.ndim) if a not in axes)
-    inverse_n = 1.0 / math.prod(x.shape[a] for a in axes)
     dyf = dy.astype(jnp.float32)
     xc = x.astype(jnp.float32) - mean
     dy_xc = dyf * xc
     if scale is None:
-        dxhat = dyf
-        sum_dxhat = jnp.sum(dyf, axis=axes, keepdims=True)
-        sum_dxhat_xc = jnp.sum(dy_xc, axis=axes, keepdims=True)
+        dxhat, dxhat_xc = dyf, dy_xc
     else:
         scale = scale.astype(jnp.float32)
         dxhat = dyf * _broadcastable(scale, x.shape, axes)
-        sum_dxhat = jnp.expand_dims(_contract(dyf, scale, axes), axes)
-        sum_dxhat_xc = jnp.expand_dims(_contract(dy_xc, scale, axes), axes)
-    dx = rstd * (dxhat - sum_dxhat * inverse_n - xc * (rstd * rstd * (sum_dxhat_xc * inverse_n)))
+        dxhat_xc = dxhat * xc
+    if scale is not None and row_sums_as_products:
+        inverse_n = 1.0 / math.prod(x.shape[a] for a in axes)
+        mean_dxhat = jnp.expand_dims(_contract(dyf, scale, axes), axes) * inverse_n
+        mean_dxhat_xc = jnp.expand_dims(_contract(dy_xc, scale, axes), axes) * inverse_n
+    else:
+        mean_dxhat = jnp.mean(dxhat, axis=axes, keepdims=True)
+        mean_dxhat_xc = jnp.mean(dxhat_xc, axis=axes, keepdims=True)
+    dx = rstd * (dxhat - mean_dxhat - xc * (rstd * rstd * mean_dxhat_xc))
     dscale = None if scale is None else _contract(dy_xc, jnp.squeeze(rstd, axes), other_axes)
     dbias = jnp.sum(dyf, axis=other_axes) if has_bias else None
     return dx.astype(x.dtype), dscale, dbias
