@@ -269,6 +269,22 @@ def test_layer_norm_custom_vjp_equals_autodiff(shape, axis, use_scale, use_bias)
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("shape,axis,use_scale,use_bias", GRAD_CASES)
+def test_layer_norm_backward_row_sums_as_products_agree(shape, axis, use_scale, use_bias):
+    """The two ways layer_norm_backward takes its per-row sums give the same gradients."""
+    x, scale, bias = _ln_args(shape, axis, use_scale, use_bias)
+    axes = _axes(axis, x.ndim)
+    dy = jnp.asarray(_rng(6).normal(size=shape), jnp.float32)
+    _, mean, rstd = ops.layer_norm_forward(x, scale, bias, axes, EPS)
+    reduce, product = (jax.jit(lambda *a, p=p: ops.layer_norm_backward(
+        *a, bias is not None, dy, axes, row_sums_as_products=p))(x, mean, rstd, scale)
+        for p in (False, True))
+    for a, b in zip(reduce, product):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
 def test_layer_norm_bfloat16_gradients_keep_dtypes():
     x, scale, bias = (None if a is None else a.astype(jnp.bfloat16)
                       for a in _ln_args((4, 8), -1, True, True))
