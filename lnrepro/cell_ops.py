@@ -11,7 +11,7 @@ two layer norms, and recomputes the gates in the backward step, where they fuse 
 
 The forward computes exactly what the cell computed with separate `ops.layer_norm` calls on the
 CPU (same operations in the same order, so the same bits); the gradients agree to float32
-rounding. On the CPU the LN-LSTM's forward + backward takes 0.90x the time of the separate layer
+rounding for float32 inputs. On the CPU the LN-LSTM's forward + backward takes 0.90x the time of the separate layer
 norms left to autodiff (scripts/benchmark_ops.py). It is plain XLA on every backend; on a GPU,
 where the separate layer norms would each call the Pallas kernel, it is not yet measured.
 """
@@ -87,11 +87,14 @@ def _ln_lstm_update_bwd(epsilon, residuals, cotangents):
     dc_new, dh_new = (t.astype(jnp.float32) for t in cotangents)
     axes = (c.ndim - 1,)
 
-    # Recompute the forward from the saved statistics (elementwise only: no reductions).
-    hidden_normalized = (hidden_terms - hidden_mean) * hidden_rstd * hidden_scale + hidden_bias
+    # Recompute the forward from the saved statistics (elementwise only: no reductions), rounded
+    # to the dtypes the forward rounded to.
+    hidden_normalized = ((hidden_terms - hidden_mean) * hidden_rstd * hidden_scale
+                         + hidden_bias).astype(hidden_terms.dtype)
     i, f, o, g = _split_activations(x_terms + hidden_normalized + bias)
     c_new = f * c + i * g
-    tanh_cell = jnp.tanh((c_new - cell_mean) * cell_rstd * cell_scale + cell_bias)
+    tanh_cell = jnp.tanh(((c_new - cell_mean) * cell_rstd * cell_scale
+                          + cell_bias).astype(c_new.dtype))
 
     # h = o * tanh(LN(c_new)); c_new = f * c + i * g, with o, i, f sigmoids and g a tanh.
     d_o = dh_new * tanh_cell * o * (1.0 - o)

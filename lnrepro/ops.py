@@ -117,7 +117,8 @@ def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, 
         if axes == (x.ndim - 1,) and x.ndim > 2:
             # Rows of the last axis as one [R, H] matrix: XLA:CPU fuses the 2-D backward better
             # (whole-tensor column sums for the gain and bias gradients) than the N-D one.
-            y = _layer_norm(x.reshape(-1, x.shape[-1]), scale, bias, (1,), float(epsilon))
+            rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+            y = _layer_norm(rows, scale, bias, (1,), float(epsilon))
             return y.reshape(x.shape)
         return _layer_norm(x, scale, bias, axes, float(epsilon))
     if implementation != "pallas":
@@ -137,7 +138,9 @@ def layer_norm_implementation(shape: Sequence[int], dtype, axes: Sequence[int], 
     (jax.default_backend() == "gpu", jax.device_count() == 1) where
     `pallas_layer_norm.kernel_serves` the shape and dtype, "xla" otherwise.
 
-    The CPU keeps the XLA path, unchanged, so that records made on the CPU stay reproducible.
+    The CPU keeps the XLA path, so that the CPU's forward stays the same function, bit for bit,
+    across versions (its backward changed rounding once, at commit 57134dc; records name their
+    commit).
     Several devices keep it too: XLA cannot partition a Pallas call, so under a data-parallel
     jit (lnrepro.train's mesh) it would gather the whole batch onto every device.
     """

@@ -210,7 +210,8 @@ def test_layer_norm_large_constant_offset(features):
 # ----------------------------------------------------------------------------------------------
 
 GRAD_CASES = [((3, 5), -1, True, True), ((3, 5), -1, False, False), ((2, 3, 4), (1, 2), True, True),
-              ((4, 3), 0, True, False), ((2, 3, 4), (0, 2), False, True)]
+              ((4, 3), 0, True, False), ((2, 3, 4), (0, 2), False, True),
+              ((2, 3, 5), -1, True, True)]  # N-D over the last axis: run as [rows, H]
 
 
 def _ln_args(shape, axis, use_scale, use_bias, seed=4):
