@@ -100,22 +100,27 @@ def by_settings(records: list[metrics.RunRecord], keys: tuple[str, ...]) -> str:
 def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
     """Final validation error per (norm, batch size, learning rate), mean over its finished
     seeds, and the rate chosen for each (norm, batch size): the lowest validation error (test
-    data is not looked at)."""
+    data is not looked at). The Chosen line says of how many rates, so that a search still
+    under way does not read as finished."""
     groups = metrics.group_runs([r for r in records if r.finished],
                                 ("norm", "batch_size", "learning_rate"))
     best: dict[tuple, tuple[float, float]] = {}
+    rates_seen: dict[tuple, int] = {}
     lines = ["| batch | norm | learning rate | epochs | validation error (%) |",
              "|---|---|---|---|---|"]
     for (norm, bs, lr), runs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0],
                                                                         kv[0][2])):
         error = float(np.mean([r.rows[-1]["valid_error"] for r in runs]))
         lines.append(f"| {bs} | {norm} | {lr:g} | {len(runs[0].rows)} | {100 * error:.2f} |")
+        rates_seen[(norm, bs)] = rates_seen.get((norm, bs), 0) + 1
         if (norm, bs) not in best or error < best[(norm, bs)][1]:
             best[(norm, bs)] = (lr, error)
     chosen = {key: lr for key, (lr, _) in best.items()}
     lines.append("")
-    lines.append("Chosen: " + ", ".join(f"{norm} at batch {bs}: {lr:g}"
-                                         for (norm, bs), lr in sorted(chosen.items())))
+    lines.append("Chosen: " + ", ".join(
+        f"{norm} at batch {bs}: {lr:g} (best of {rates_seen[(norm, bs)]} "
+        f"rate{'s' if rates_seen[(norm, bs)] > 1 else ''})"
+        for (norm, bs), lr in sorted(chosen.items())))
     return "\n".join(lines), chosen
 
 

@@ -229,3 +229,20 @@ def test_every_figure_and_table_reads_sources_its_profiles_define():
             assert name in reports.FULL_SOURCES, (item, name)
     for plan in reports.PROFILES.values():
         assert set(plan.sweeps) <= set(plan.sources)
+
+
+def test_learning_rate_table_says_how_many_rates_each_choice_is_the_best_of():
+    """A search still under way must not read as finished: the Chosen line counts the rates."""
+    from lnrepro import metrics
+    from scripts import tables
+
+    def record(norm, lr, error):
+        config = {"norm": norm, "batch_size": 128, "learning_rate": lr, "seed": 0,
+                  "num_epochs": 1}
+        return metrics.RunRecord(f"{norm}_{lr}", config, [{"round": 0, "epoch": 1, "valid_error": error}])
+
+    text, chosen = tables.mnist_learning_rates(
+        [record("layer", 1e-3, 0.02), record("layer", 3e-3, 0.01), record("none", 1e-3, 0.03)])
+    assert chosen == {("layer", 128): 3e-3, ("none", 128): 1e-3}
+    assert text.endswith("Chosen: layer at batch 128: 0.003 (best of 2 rates), "
+                         "none at batch 128: 0.001 (best of 1 rate)")
