@@ -205,6 +205,27 @@ def test_gpu_default_lowers_the_triton_kernels(monkeypatch):
         np.testing.assert_allclose(_f64(a), _f64(b), rtol=1e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("use_scale,use_bias", [(True, True), (True, False), (False, True),
+                                                (False, False)])
+def test_pallas_path_off_the_gpu_falls_back_to_the_xla_functions(use_scale, use_bias):
+    """implementation="pallas" placed on the CPU runs the XLA forward and backward through the
+    fused path's row layout (ops._rows_forward/_rows_backward): float32, with and without gain
+    and bias, the same values and gradients as the XLA path."""
+    x, scale, bias, cot = _args((9, 40), F32, use_scale, use_bias)
+
+    def value_and_vjp(**kwargs):
+        def run(x, scale, bias, cot):
+            y, vjp = jax.vjp(lambda *a: ops.layer_norm(*a, **kwargs), x, scale, bias)
+            return y, vjp(cot)
+        return jax.jit(run)(x, scale, bias, cot)
+
+    fallback, xla = value_and_vjp(implementation="pallas"), value_and_vjp(implementation="xla")
+    for a, b in zip(jax.tree.leaves(fallback), jax.tree.leaves(xla)):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert len(jax.tree.leaves(fallback)) == 2 + use_scale + use_bias
+
+
 @pytest.mark.parametrize("kwargs,shape,dtype,msg", [
     (dict(interpret=True, axis=0), (4, 6), F32,
      "the Pallas layer norm serves float32 and bfloat16 inputs normalized over the last axis "
