@@ -132,6 +132,7 @@ def test_shards_split_a_sweep_over_machines_each_run_once():
     (pi_mnist_sweeps, "fig6", "results/pi_mnist/fig6"),
     (pi_mnist_sweeps, "batch_sizes", "results/pi_mnist/batch_sizes"),
     (pi_mnist_sweeps, "lr_search", "results/pi_mnist/lr_search"),
+    (pi_mnist_sweeps, "lr_search_full", "results/pi_mnist/lr_search_full"),
     (attentive_reader_sweeps, "fig2", "results/attentive_reader/fig2"),
     (attentive_reader_sweeps, "gain", "results/attentive_reader/gain"),
     (attentive_reader_sweeps, "lr_search", "results/attentive_reader/lr_search"),
