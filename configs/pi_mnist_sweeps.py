@@ -2,13 +2,21 @@
 
   fig6        Fig. 6: norm in {none, batch, layer} x batch size {128, 4}, 60 epochs, seeds 0-9,
               most informative first: every norm and batch size at seed 0, then the cheap
-              batch-128 runs of the other seeds, then batch 4's (README, runtimes table).
-  quick       Fig. 6 in a few epochs, one seed: what `make reproduce` runs.
+              batch-128 runs of the other seeds, then batch 4's (README, runtimes table). Each
+              norm at configs/pi_mnist.py's default rate (SEARCHED_LEARNING_RATES).
+  fig6_short_search
+              Fig. 6 at batch 128, seeds 0-2, at the short search's rates: the batch-128 runs
+              made before the 60-epoch search chose other rates, kept as a check of how much
+              the claims depend on the rate.
+  quick       Fig. 6 in a few epochs, one seed, at the short search's rates: what
+              `make reproduce` runs.
   batch_sizes Final test error vs batch size 1, 2, 4, ..., 256 at an equal budget of examples
-              seen (the same number of epochs), seeds 0-2. BN is left out at batch size 1 (one
-              example has no batch variance).
+              seen (the same number of epochs, 3), seeds 0-2, at the short search's rates (a
+              3-epoch search). BN is left out at batch size 1 (one example has no batch
+              variance).
   batch_sizes_long
-              The same at 20 epochs: where each norm ends, not only how it starts.
+              The same at 20 epochs, at the default rates: where each norm ends, not only how
+              it starts.
   lr_search   The learning-rate search on the validation split that chose the defaults in
               configs/pi_mnist.py (short runs; README, "Choices the paper leaves open").
   lr_search_full
@@ -25,6 +33,9 @@
 """
 
 from ml_collections import config_dict
+
+from configs import pi_mnist
+from lnrepro.tasks.pi_mnist import searched_learning_rate
 
 NORMS = ("layer", "batch", "none")  # the order runs go in: LN first
 QUICK_EPOCHS = 3
@@ -43,16 +54,24 @@ def _run(name, **overrides):
     return {"name": name, "overrides": overrides}
 
 
-def fig6_runs(seeds=tuple(range(10)), num_epochs=60):
-    order = [(seeds[0], 128), (seeds[0], 4)] + [(s, bs) for bs in (128, 4) for s in seeds[1:]]
+def _rate(table, norm, batch_size):
+    """No override (the config's default rate) for table None; else the rate `table` gives."""
+    if table is None:
+        return {}
+    return {"learning_rate": searched_learning_rate(table, norm, batch_size)}
+
+
+def fig6_runs(seeds=tuple(range(10)), num_epochs=60, batch_sizes=(128, 4), rates=None):
+    order = ([(seeds[0], bs) for bs in batch_sizes]
+             + [(s, bs) for bs in batch_sizes for s in seeds[1:]])
     return [_run(f"{norm}_bs{bs}_seed{seed}", norm=norm, batch_size=bs, seed=seed,
-                 num_epochs=num_epochs)
+                 num_epochs=num_epochs, **_rate(rates, norm, bs))
             for seed, bs in order for norm in NORMS]
 
 
-def batch_size_runs(seeds=(0, 1, 2), num_epochs=BATCH_SIZE_EPOCHS):
+def batch_size_runs(seeds=(0, 1, 2), num_epochs=BATCH_SIZE_EPOCHS, rates=None):
     return [_run(f"{norm}_bs{bs}_seed{seed}", norm=norm, batch_size=bs, seed=seed,
-                 num_epochs=num_epochs)
+                 num_epochs=num_epochs, **_rate(rates, norm, bs))
             for seed in seeds for bs in (256, 128, 64, 32, 16, 8, 4, 2, 1) for norm in NORMS
             if not (norm == "batch" and bs == 1)]
 
@@ -78,8 +97,11 @@ def bn_control_runs(seeds=(0, 1, 2)):
 
 SWEEPS = {
     "fig6": fig6_runs,
-    "quick": lambda: fig6_runs(seeds=(0,), num_epochs=QUICK_EPOCHS),
-    "batch_sizes": batch_size_runs,
+    "fig6_short_search": lambda: fig6_runs(seeds=(0, 1, 2), batch_sizes=(128,),
+                                           rates=pi_mnist.SHORT_SEARCH_LEARNING_RATES),
+    "quick": lambda: fig6_runs(seeds=(0,), num_epochs=QUICK_EPOCHS,
+                               rates=pi_mnist.SHORT_SEARCH_LEARNING_RATES),
+    "batch_sizes": lambda: batch_size_runs(rates=pi_mnist.SHORT_SEARCH_LEARNING_RATES),
     "lr_search": lr_search_runs,
     "batch_sizes_long": lambda: batch_size_runs(num_epochs=20),
     "lr_search_full": lr_search_full_runs,

@@ -7,9 +7,12 @@ import pytest
 
 from ml_collections import config_dict
 
-from configs import attentive_reader_sweeps, pi_mnist_sweeps
+from configs import attentive_reader_sweeps, pi_mnist, pi_mnist_sweeps
 from experiments import sweep
 from lnrepro import metrics
+from scripts import tables
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_run(directory, num_rounds, rounds_done, config=None):
@@ -133,6 +136,8 @@ def test_shards_split_a_sweep_over_machines_each_run_once():
     (pi_mnist_sweeps, "batch_sizes", "results/pi_mnist/batch_sizes"),
     (pi_mnist_sweeps, "lr_search", "results/pi_mnist/lr_search"),
     (pi_mnist_sweeps, "lr_search_full", "results/pi_mnist/lr_search_full"),
+    (pi_mnist_sweeps, "fig6_short_search", "results/pi_mnist/fig6_short_search"),
+    (pi_mnist_sweeps, "quick", "results/quick/pi_mnist"),
     (attentive_reader_sweeps, "fig2", "results/attentive_reader/fig2"),
     (attentive_reader_sweeps, "gain", "results/attentive_reader/gain"),
     (attentive_reader_sweeps, "lr_search", "results/attentive_reader/lr_search"),
@@ -140,7 +145,7 @@ def test_shards_split_a_sweep_over_machines_each_run_once():
     (attentive_reader_sweeps, "long", "results/attentive_reader/long"),
 ])
 def test_committed_records_match_their_sweeps(sweeps, name, results_dir):
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), results_dir)
+    root = os.path.join(REPO, results_dir)
     for run in sweeps.get_config(name).runs:
         sweep.check_record(root, run["name"],
                            sweep.expected_config(sweeps.get_config(name),
@@ -148,8 +153,7 @@ def test_committed_records_match_their_sweeps(sweeps, name, results_dir):
 
 
 def test_the_long_runs_use_each_variants_best_rate_from_the_long_search():
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "results/attentive_reader/long_lr_search")
+    root = os.path.join(REPO, "results/attentive_reader/long_lr_search")
     for variant, chosen in attentive_reader_sweeps.LONG_RATES.items():
         final_error = {}
         for lr in attentive_reader_sweeps.LR_SEARCH_RATES:
@@ -157,6 +161,37 @@ def test_the_long_runs_use_each_variants_best_rate_from_the_long_search():
             assert record.finished
             final_error[lr] = record.rows[-1]["valid_error"]
         assert chosen == min(final_error, key=final_error.get), (variant, final_error)
+
+
+def _search(directory):
+    """(norm, batch size) -> (the rate a committed search chose, its finished runs)."""
+    records = [r for r in metrics.load_runs(os.path.join(REPO, directory)) if r.finished]
+    _, chosen = tables.mnist_learning_rates(records)
+    counts = {}
+    for r in records:
+        key = (r.config["norm"], r.config["batch_size"])
+        counts[key] = counts.get(key, 0) + 1
+    return {key: (rate, counts[key]) for key, rate in chosen.items()}
+
+
+def test_the_default_rates_are_the_searches_choices():
+    """SEARCHED_LEARNING_RATES holds the 60-epoch search's choice where its half for a batch
+    size is complete (every rate and seed of every norm) and the short search's elsewhere;
+    SHORT_SEARCH_LEARNING_RATES is the short search's. Weight norm takes the baseline's."""
+    short = _search("results/pi_mnist/lr_search")
+    full = _search("results/pi_mnist/lr_search_full")
+    runs_per_cell = len(pi_mnist_sweeps.LR_SEARCH_FULL_RATES) * 2  # seeds 0-1
+    complete = {bs for bs in (128, 4)
+                if all(full.get((norm, bs), (None, 0))[1] == runs_per_cell
+                       for norm in pi_mnist_sweeps.NORMS)}
+    for norm in pi_mnist_sweeps.NORMS:
+        for bs in (128, 4):
+            key = f"bs{bs}"
+            assert pi_mnist.SHORT_SEARCH_LEARNING_RATES[norm][key] == short[(norm, bs)][0]
+            expected = full[(norm, bs)][0] if bs in complete else short[(norm, bs)][0]
+            assert pi_mnist.SEARCHED_LEARNING_RATES[norm][key] == expected, (norm, bs, complete)
+    for table in (pi_mnist.SEARCHED_LEARNING_RATES, pi_mnist.SHORT_SEARCH_LEARNING_RATES):
+        assert table["weight"] == table["none"]
 
 
 def test_sweep_groups_runs_that_share_shapes_into_programs(tmp_path):
