@@ -275,12 +275,15 @@ def _format_effect(c: stats.Comparison) -> str:
     return f"{c.effect:+.3g} [{c.low:+.3g}, {c.high:+.3g}]"
 
 
-def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]]) -> str:
+def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]],
+           directories: Mapping[str, str] | None = None) -> str:
     """One row per claim: the two groups' per-seed values, A - B with its 95% interval, the test
-    and its p, and the verdict (stats.verdict). Only finished runs count; diverged ones are
-    counted beside them. Claims whose records are missing are left out."""
+    and its p, the verdict (stats.verdict), and the records it rests on (`directories`: source
+    -> where its records are; the source's name where not given). Only finished runs count;
+    diverged ones are counted beside them. Claims whose records are missing are left out."""
+    directories = directories or {}
     lines = ["| claim | measured | A (per seed) | B (per seed) | A - B [95% CI] | test, p | "
-             "verdict |", "|---|---|---|---|---|---|---|"]
+             "verdict | records |", "|---|---|---|---|---|---|---|---|"]
     for claim in claim_list:
         runs_a, diverged_a = _select(records.get(claim.source, []), claim.a)
         runs_b, diverged_b = _select(records.get(claim.b_source or claim.source, []), claim.b)
@@ -298,9 +301,11 @@ def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRe
             return text + (f" (+{diverged} diverged)" if diverged else "")
         effect = "-" if comparison is None else _format_effect(comparison)
         test = "-" if comparison is None else f"{comparison.test}, {comparison.p:.2g}"
+        sources = dict.fromkeys((claim.source, claim.b_source or claim.source))
+        rests_on = ", ".join(f"`{directories.get(name, name)}`" for name in sources)
         lines.append(f"| {claim.text} | {claim.measured} | {shown(a, diverged_a)} | "
                      f"{shown(b, diverged_b)} | {effect} | {test} | "
-                     f"**{stats.verdict(comparison, claim.sign)}** |")
+                     f"**{stats.verdict(comparison, claim.sign)}** | {rests_on} |")
     return "\n".join(lines)
 
 

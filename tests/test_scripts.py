@@ -6,6 +6,7 @@ checked to be written as PNGs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -166,10 +167,18 @@ def test_claims_table_states_each_claim_with_its_statistics(tmp_path):
         _write_mnist_run(root, f"batch_seed{seed}", "batch", 4, seed, [0.05, bn])
     claim = tables.Claim("LN below BN", "fig6", {"norm": "layer"}, {"norm": "batch"},
                          lambda run: 100 * run.rows[-1]["test_error"], "final test error (%)", -1)
-    text = tables.claims([claim], {"fig6": metrics.load_runs(root)})
+    text = tables.claims([claim], {"fig6": metrics.load_runs(root)},
+                         {"fig6": "results/pi_mnist/fig6/"})
     # Means 1.1 and 2.1, both sample std 0.1: A - B = -1.0, t = -12.2 on 4 dof, p = 0.00026.
     row = next(line for line in text.splitlines() if line.startswith("| LN below BN"))
-    assert "| 1, 1.1, 1.2 | 2, 2.2, 2.1 | -1 [" in row and "| Welch, 0.00026 | **holds** |" in row
+    assert "| 1, 1.1, 1.2 | 2, 2.2, 2.1 | -1 [" in row
+    assert row.endswith("| Welch, 0.00026 | **holds** | `results/pi_mnist/fig6/` |")
+    # A claim whose B group comes from another source names both.
+    across = dataclasses.replace(claim, source="controls", b_source="fig6")
+    text = tables.claims([across], {"controls": metrics.load_runs(root),
+                                    "fig6": metrics.load_runs(root)},
+                         {"fig6": "results/pi_mnist/fig6/"})
+    assert text.splitlines()[-1].endswith("| `controls`, `results/pi_mnist/fig6/` |")
     # A censored value (inf: never reached) turns the t-test into a rank test.
     never = tables.Claim("LN below BN", "fig6", {"norm": "layer"}, {"norm": "batch"},
                          lambda run: 1.0 if run.config["norm"] == "layer" else float("inf"),
