@@ -105,11 +105,15 @@ def fig6(records: list[metrics.RunRecord], out: str, x: str = "epoch") -> str:
             for norm, (label, color) in NORMS.items():
                 if groups.get((norm, bs)):
                     runs, left_out = metrics.prefer_finished(groups[(norm, bs)])
-                    draw_group(ax, runs, key, x, seeds_label(label, runs, left_out), color, scale)
+                    # The rate is in the label: each norm runs at its own, per batch size.
+                    rates = {r.config.get("learning_rate") for r in runs}
+                    rate = f", lr {rates.pop():g}" if rates != {None} and len(rates) == 1 else ""
+                    draw_group(ax, runs, key, x, seeds_label(label + rate, runs, left_out),
+                               color, scale)
             if key == "train_nll":
                 ax.set_yscale("log")
-            finish_axes(ax, x, ylabel, f"batch size {bs}" if row == 0 else "",
-                        legend=(row, column) == (0, 0))
+            # One legend per column: the seed counts and rates differ between batch sizes.
+            finish_axes(ax, x, ylabel, f"batch size {bs}" if row == 0 else "", legend=row == 0)
     fig.suptitle("Permutation-invariant MNIST, 784-1000-1000-10 (cf. Ba et al. 2016, Fig. 6)"
                  + (", against wall-clock time" if x == "minutes" else ""))
     return save_figure(fig, records, out)

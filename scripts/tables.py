@@ -59,13 +59,14 @@ def _listed(values: Sequence) -> str:
 
 
 def fig6(records: list[metrics.RunRecord]) -> str:
-    """Per norm and batch size (finished runs only, when the group has any): seeds, epochs,
-    final test error and training NLL (mean ± sample std over seeds), the epoch the training NLL
-    first fell below NLL_TARGET, and one run's minutes on the machine that made it."""
+    """Per norm and batch size (finished runs only, when the group has any): seeds, the learning
+    rate, epochs, final test error and training NLL (mean ± sample std over seeds), the epoch
+    the training NLL first fell below NLL_TARGET, and one run's minutes on the machine that made
+    it."""
     groups = metrics.group_runs(records, ("norm", "batch_size"))
-    lines = ["| batch | norm | seeds | epochs | test error (%) | training NLL | "
+    lines = ["| batch | norm | seeds | learning rate | epochs | test error (%) | training NLL | "
              f"epoch NLL < {NLL_TARGET} | minutes / run | paper |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (norm, bs), group in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
         runs, left_out = metrics.prefer_finished(group)
         seeds = f"{len(runs)}" + (f" (+{len(left_out)} unfinished, not shown)" if left_out else "")
@@ -74,8 +75,9 @@ def fig6(records: list[metrics.RunRecord]) -> str:
         reached = [first_row_below(r, "train_nll", NLL_TARGET, "epoch") for r in runs]
         minutes = np.mean([sum(row.get("round_seconds", 0.0) for row in r.rows[:epochs])
                            for r in runs]) / 60
+        rate = runs[0].config.get("learning_rate")  # one per group (group_runs checks)
         lines.append(
-            f"| {bs} | {norm} | {seeds} | {epochs} | "
+            f"| {bs} | {norm} | {seeds} | {'-' if rate is None else f'{rate:g}'} | {epochs} | "
             f"{stats.mean_std([f['test_error'] for f in finals], 100)} | "
             f"{stats.mean_std([f['train_nll'] for f in finals], digits=1, style='e')} | "
             f"{_listed(reached)} | {minutes:.1f} | {FIG6_PAPER.get(bs, '')} |")

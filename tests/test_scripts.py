@@ -19,7 +19,7 @@ def _write_mnist_run(root, name, norm, batch_size, seed, test_errors, num_epochs
     workdir = os.path.join(root, name)
     num_epochs = num_epochs or len(test_errors)
     metrics.write_config(workdir, {"norm": norm, "batch_size": batch_size, "seed": seed,
-                                   "num_epochs": num_epochs})
+                                   "num_epochs": num_epochs, "learning_rate": 1e-3})
     for epoch, error in enumerate(test_errors):
         metrics.append_metrics(workdir, {
             "round": epoch, "num_rounds": num_epochs, "epoch": epoch + 1,
@@ -45,10 +45,10 @@ def test_fig6_table_and_plot(tmp_path):
     text = tables.fig6(records)
     # LN: mean 1.10 and sample std 0.14 of 1.0 and 1.2 (%); NLL 0.1/27 at epoch 3, the first
     # below 0.01; 3 epochs of 30 s.
-    assert "| 4 | layer | 2 | 3 | 1.10 ± 0.14 | 3.7e-03 ± 0.0e+00 | 3, 3 | 1.5 |" in text
-    assert ("| 4 | batch | 1 (+1 unfinished, not shown) | 3 | 3.00 | 3.7e-03 | 3 | 1.5 |"
+    assert "| 4 | layer | 2 | 0.001 | 3 | 1.10 ± 0.14 | 3.7e-03 ± 0.0e+00 | 3, 3 | 1.5 |" in text
+    assert ("| 4 | batch | 1 (+1 unfinished, not shown) | 0.001 | 3 | 3.00 | 3.7e-03 | 3 | 1.5 |"
             in text)
-    assert "| 4 | none | 1 | 2 | 3.00 | 1.3e-02 | - | 1.0 |" in text
+    assert "| 4 | none | 1 | 0.001 | 2 | 3.00 | 1.3e-02 | - | 1.0 |" in text
     assert _is_png(figures.fig6(records, str(tmp_path / "fig6.png")))
     assert _is_png(figures.fig6(records, str(tmp_path / "fig6_clock.png"), x="minutes"))
     # Wall-clock x: the run's own cumulative round seconds, in minutes.
@@ -114,7 +114,7 @@ def test_update_results_rewrites_only_the_marked_blocks(tmp_path):
     assert update_results.update_readme(*args, check=False) == 0
     text = readme.read_text()
     assert text.startswith("intro\n<!-- fig6 table -->\n| batch | norm |")
-    assert "| 4 | layer | 1 | 3 | 1.00 |" in text and "old table" not in text
+    assert "| 4 | layer | 1 | 0.001 | 3 | 1.00 |" in text and "old table" not in text
     assert f"<!-- reader table -->\n{reports.NO_RUNS}\n<!-- /reader table -->\nend\n" in text
     assert _is_png(str(results / "pi_mnist_fig6.png"))
     assert update_results.update_readme(*args, check=True) == 0  # now current
