@@ -108,12 +108,15 @@ def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
                                 ("norm", "batch_size", "learning_rate"))
     best: dict[tuple, tuple[float, float]] = {}
     rates_seen: dict[tuple, int] = {}
-    lines = ["| batch | norm | learning rate | epochs | validation error (%) |",
-             "|---|---|---|---|---|"]
+    lines = ["| batch | norm | learning rate | epochs | seeds | validation error (%) | per seed |",
+             "|---|---|---|---|---|---|---|"]
     for (norm, bs, lr), runs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0],
                                                                         kv[0][2])):
-        error = float(np.mean([r.rows[-1]["valid_error"] for r in runs]))
-        lines.append(f"| {bs} | {norm} | {lr:g} | {len(runs[0].rows)} | {100 * error:.2f} |")
+        runs = sorted(runs, key=lambda r: r.config.get("seed", 0))
+        errors = [r.rows[-1]["valid_error"] for r in runs]
+        error = float(np.mean(errors))
+        lines.append(f"| {bs} | {norm} | {lr:g} | {len(runs[0].rows)} | {len(runs)} | "
+                     f"{100 * error:.2f} | {', '.join(f'{100 * e:.2f}' for e in errors)} |")
         rates_seen[(norm, bs)] = rates_seen.get((norm, bs), 0) + 1
         if (norm, bs) not in best or error < best[(norm, bs)][1]:
             best[(norm, bs)] = (lr, error)

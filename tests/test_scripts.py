@@ -250,8 +250,13 @@ def test_learning_rate_table_says_how_many_rates_each_choice_is_the_best_of():
                   "num_epochs": 1}
         return metrics.RunRecord(f"{norm}_{lr}", config, [{"round": 0, "epoch": 1, "valid_error": error}])
 
+    second_seed = record("layer", 3e-3, 0.016)
+    second_seed.config["seed"] = 1
     text, chosen = tables.mnist_learning_rates(
-        [record("layer", 1e-3, 0.02), record("layer", 3e-3, 0.01), record("none", 1e-3, 0.03)])
+        [record("layer", 1e-3, 0.02), second_seed, record("layer", 3e-3, 0.01),
+         record("none", 1e-3, 0.03)])
     assert chosen == {("layer", 128): 3e-3, ("none", 128): 1e-3}
+    # The mean over seeds is what is compared; each seed's value is shown beside it.
+    assert "| 128 | layer | 0.003 | 1 | 2 | 1.30 | 1.00, 1.60 |" in text
     assert text.endswith("Chosen: layer at batch 128: 0.003 (best of 2 rates), "
                          "none at batch 128: 0.001 (best of 1 rate)")
