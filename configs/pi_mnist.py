@@ -32,10 +32,10 @@ SHORT_SEARCH_LEARNING_RATES = {
 # a batch size is complete, the short search's rate where it is not.
 # tests/test_sweep.py checks this table against both searches' committed records.
 SEARCHED_LEARNING_RATES = {
-    "none": {"bs128": 1e-3, "bs4": 1e-4},
-    "batch": {"bs128": 1e-3, "bs4": 3e-4},
-    "layer": {"bs128": 3e-4, "bs4": 1e-4},
-    "weight": {"bs128": 1e-3, "bs4": 1e-4},
+    "none": {"bs128": 4.5e-4, "bs4": 1e-4},
+    "batch": {"bs128": 6.7e-5, "bs4": 3e-4},
+    "layer": {"bs128": 4.5e-4, "bs4": 1e-4},
+    "weight": {"bs128": 4.5e-4, "bs4": 1e-4},
 }
 
 

@@ -101,12 +101,13 @@ def by_settings(records: list[metrics.RunRecord], keys: tuple[str, ...]) -> str:
 
 def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
     """Final validation error per (norm, batch size, learning rate), mean over its finished
-    seeds, and the rate chosen for each (norm, batch size): the lowest validation error (test
-    data is not looked at). The Chosen line says of how many rates, so that a search still
-    under way does not read as finished."""
+    seeds, and the rate chosen for each (norm, batch size): the lowest validation error, a tie
+    (errors count whole examples, so two rates can tie exactly) going to the lower validation
+    NLL (test data is not looked at). The Chosen line says of how many rates, so that a search
+    still under way does not read as finished."""
     groups = metrics.group_runs([r for r in records if r.finished],
                                 ("norm", "batch_size", "learning_rate"))
-    best: dict[tuple, tuple[float, float]] = {}
+    best: dict[tuple, tuple[float, tuple[float, float]]] = {}
     rates_seen: dict[tuple, int] = {}
     lines = ["| batch | norm | learning rate | epochs | seeds | validation error (%) | per seed |",
              "|---|---|---|---|---|---|---|"]
@@ -115,11 +116,13 @@ def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
         runs = sorted(runs, key=lambda r: r.config.get("seed", 0))
         errors = [r.rows[-1]["valid_error"] for r in runs]
         error = float(np.mean(errors))
+        # Rounded, so that equal counts of errors tie whatever the float sums' last bits.
+        rank = (round(error, 9), float(np.mean([r.rows[-1]["valid_nll"] for r in runs])))
         lines.append(f"| {bs} | {norm} | {lr:g} | {len(runs[0].rows)} | {len(runs)} | "
                      f"{100 * error:.2f} | {', '.join(f'{100 * e:.2f}' for e in errors)} |")
         rates_seen[(norm, bs)] = rates_seen.get((norm, bs), 0) + 1
-        if (norm, bs) not in best or error < best[(norm, bs)][1]:
-            best[(norm, bs)] = (lr, error)
+        if (norm, bs) not in best or rank < best[(norm, bs)][1]:
+            best[(norm, bs)] = (lr, rank)
     chosen = {key: lr for key, (lr, _) in best.items()}
     lines.append("")
     lines.append("Chosen: " + ", ".join(

@@ -47,10 +47,10 @@ def test_every_config_file_shares_the_run_settings():
 
 
 @pytest.mark.parametrize("norm, batch_size, expected", [
-    ("layer", 128, 3e-4), ("layer", 4, 1e-4), ("batch", 4, 3e-4), ("none", 128, 1e-3),
+    ("layer", 128, 4.5e-4), ("layer", 4, 1e-4), ("batch", 4, 3e-4), ("none", 128, 4.5e-4),
     ("weight", 4, 1e-4),
     ("layer", 16, 1e-4),   # nearer 4 than 128 on a log scale
-    ("batch", 64, 1e-3),   # nearer 128
+    ("batch", 64, 6.7e-5),   # nearer 128
 ])
 def test_the_learning_rate_comes_from_the_configs_searched_table(norm, batch_size, expected):
     config = mnist_config.get_config(f"norm={norm},batch_size={batch_size}")
@@ -78,5 +78,5 @@ def test_the_table_and_the_retired_field_do_not_make_old_records_stale():
 
 
 def test_both_tasks_resolve_their_default_config():
-    assert pi_mnist.resolve_config(mnist_config.get_config()).learning_rate == 3e-4
+    assert pi_mnist.resolve_config(mnist_config.get_config()).learning_rate == 4.5e-4
     assert attentive_reader.resolve_config(reader_config.get_config()).learning_rate == 2e-3

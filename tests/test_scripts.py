@@ -210,7 +210,7 @@ def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
             metrics.append_metrics(workdir, {
                 "round": i, "num_rounds": rounds, "epoch": i + 1, "step": 100 * (i + 1),
                 "train_nll": 0.1 / (i + 1), "test_error": 0.02, "valid_error": 0.8 - 0.01 * i,
-                "round_seconds": 1.0})
+                "valid_nll": 1.0 / (i + 1), "round_seconds": 1.0})
 
 
 @pytest.mark.parametrize("profile", ["quick", "full"])
@@ -245,10 +245,11 @@ def test_learning_rate_table_says_how_many_rates_each_choice_is_the_best_of():
     from lnrepro import metrics
     from scripts import tables
 
-    def record(norm, lr, error):
+    def record(norm, lr, error, nll=0.1):
         config = {"norm": norm, "batch_size": 128, "learning_rate": lr, "seed": 0,
                   "num_epochs": 1}
-        return metrics.RunRecord(f"{norm}_{lr}", config, [{"round": 0, "epoch": 1, "valid_error": error}])
+        return metrics.RunRecord(f"{norm}_{lr}", config, [
+            {"round": 0, "epoch": 1, "valid_error": error, "valid_nll": nll}])
 
     second_seed = record("layer", 3e-3, 0.016)
     second_seed.config["seed"] = 1
@@ -258,5 +259,13 @@ def test_learning_rate_table_says_how_many_rates_each_choice_is_the_best_of():
     assert chosen == {("layer", 128): 3e-3, ("none", 128): 1e-3}
     # The mean over seeds is what is compared; each seed's value is shown beside it.
     assert "| 128 | layer | 0.003 | 1 | 2 | 1.30 | 1.00, 1.60 |" in text
+    # An exact tie in error (whatever the float means' last bits) goes to the lower NLL.
+    tied = [record("batch", 1e-4, 0.012, nll=0.06), record("batch", 1e-4, 0.0132, nll=0.06),
+            record("batch", 3e-3, 0.013, nll=0.05), record("batch", 3e-3, 0.0122, nll=0.05)]
+    tied[1].config["seed"] = tied[3].config["seed"] = 1
+    assert tables.mnist_learning_rates(tied)[1] == {("batch", 128): 3e-3}
+    for r in tied[2:]:
+        r.rows[-1]["valid_nll"] = 0.07
+    assert tables.mnist_learning_rates(tied)[1] == {("batch", 128): 1e-4}
     assert text.endswith("Chosen: layer at batch 128: 0.003 (best of 2 rates), "
                          "none at batch 128: 0.001 (best of 1 rate)")

@@ -69,7 +69,7 @@ def test_a_record_made_with_other_settings_is_refused_not_skipped(tmp_path):
     overrides = {"norm": "layer", "num_epochs": 2}
     plan = _plan([{"name": "a", "overrides": overrides}])
     full = sweep.expected_config(plan, overrides)
-    assert full["hidden_sizes"] == [1000, 1000] and full["learning_rate"] == 3e-4
+    assert full["hidden_sizes"] == [1000, 1000] and full["learning_rate"] == 4.5e-4
     _write_run(results / "a", 2, 2, full)
     assert sweep.run_sweep(plan, str(tmp_path / "runs"), str(results)) == []  # finished: skipped
     stale = dict(full, hidden_sizes=[64, 64], learning_rate=1e-3)
@@ -77,7 +77,7 @@ def test_a_record_made_with_other_settings_is_refused_not_skipped(tmp_path):
     plan.runs = [{"name": "stale", "overrides": overrides}]
     with pytest.raises(sweep.StaleRecordError,
                        match=r"hidden_sizes: record \[64, 64\], sweep \[1000, 1000\], "
-                             r"learning_rate: record 0.001, sweep 0.0003\). Move that directory"):
+                             r"learning_rate: record 0.001, sweep 0.00045\). Move that directory"):
         sweep.run_sweep(plan, str(tmp_path / "runs"), str(results))
 
 
