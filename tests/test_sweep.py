@@ -180,10 +180,15 @@ def test_the_default_rates_are_the_searches_choices():
     SHORT_SEARCH_LEARNING_RATES is the short search's. Weight norm takes the baseline's."""
     short = _search("results/pi_mnist/lr_search")
     full = _search("results/pi_mnist/lr_search_full")
-    runs_per_cell = len(pi_mnist_sweeps.LR_SEARCH_FULL_RATES) * 2  # seeds 0-1
+    planned = {}
+    for run in pi_mnist_sweeps.lr_search_full_runs():
+        key = (run["overrides"]["norm"], run["overrides"]["batch_size"])
+        planned[key] = planned.get(key, 0) + 1
     complete = {bs for bs in (128, 4)
-                if all(full.get((norm, bs), (None, 0))[1] == runs_per_cell
+                if all(full.get((norm, bs), (None, 0))[1] == planned[(norm, bs)]
                        for norm in pi_mnist_sweeps.NORMS)}
+    assert 128 in complete, "the batch-128 half of the 60-epoch search is committed in full"
+    assert {int(key[2:]) for key in pi_mnist.FULL_SEARCH_LEARNING_RATES} == complete
     for norm in pi_mnist_sweeps.NORMS:
         for bs in (128, 4):
             key = f"bs{bs}"
