@@ -30,7 +30,7 @@ DATA_DIR := data/tfds
 
 SHELL := /bin/bash
 .PHONY: setup check-env check-python data test test-slow reproduce reproduce-full results \
-        benchmark clean
+        benchmark diagnostics clean
 
 setup: $(SETUP_STAMP)
 
@@ -87,6 +87,16 @@ benchmark: setup
 	    || echo unknown) by \`scripts.benchmark_$$b\`."; echo; $(PY) -m scripts.benchmark_$$b; } \
 	  | tee results/benchmarks/$$b.md.tmp && \
 	  mv results/benchmarks/$$b.md.tmp results/benchmarks/$$b.md || exit 1; done
+	$(PY) -m scripts.update_results
+
+# The initial-gradient table of the README's harder reader corpus (a few minutes on 2 cores),
+# saved in results/diagnostics/ like the benchmarks.
+diagnostics: setup
+	@mkdir -p results/diagnostics
+	set -o pipefail; { echo "Measured $$(date -u +%F) at commit $$(git rev-parse --short HEAD \
+	  2>/dev/null || echo unknown) by \`scripts.init_gradients\`."; echo; \
+	  $(PY) -m scripts.init_gradients; } | tee results/diagnostics/init_gradients.md.tmp && \
+	  mv results/diagnostics/init_gradients.md.tmp results/diagnostics/init_gradients.md
 	$(PY) -m scripts.update_results
 
 clean:

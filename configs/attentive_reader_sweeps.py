@@ -13,6 +13,9 @@
   long       Each variant at its rate from long_lr_search (LONG_RATES), 30k updates, seeds
              0-4, seed by seed so that every finished prefix is balanced. BN-everywhere joins
              once its rate is searched.
+  hard       The four variants on the harder corpus (configs/attentive_reader.py:hard: 300+
+             token passages, 240 units), 30k updates, seeds 0-2, each at its long-run rate
+             (BN-everywhere at BN-LSTM's, unsearched). Hours a run on 2 cores: a GPU's job.
 
   python -m experiments.sweep --sweep=configs/attentive_reader_sweeps.py:fig2 \
       --workdir_root=runs/attentive_reader/fig2 --results_dir=results/attentive_reader/fig2
@@ -39,6 +42,12 @@ LONG_UPDATES, LONG_EVAL_EVERY = 30_000, 500
 # tests/test_sweep.py checks these against the committed records.
 LONG_RATES = {"lnlstm": 1e-3, "lstm": 2e-3, "bnlstm": 2e-3}
 LONG_SEEDS = (0, 1, 2, 3, 4)
+# The harder corpus has no search of its own (a GPU's job): each variant at its long-run rate.
+HARD_RATES = {**LONG_RATES, "bn_everywhere": LONG_RATES["bnlstm"]}
+HARD_SEEDS = (0, 1, 2)
+
+BASE_CONFIG = "configs/attentive_reader.py"
+BASE_CONFIGS = {"hard": f"{BASE_CONFIG}:hard"}  # sweep -> its base config, where not the default
 
 
 def _run(name, **overrides):
@@ -74,6 +83,12 @@ def long_runs():
             for seed in LONG_SEEDS for variant, lr in LONG_RATES.items()]
 
 
+def hard_runs():
+    return [_run(f"{variant}_seed{seed}", seed=seed, learning_rate=HARD_RATES[variant],
+                 num_updates=LONG_UPDATES, eval_every=LONG_EVAL_EVERY, **VARIANTS[variant])
+            for seed in HARD_SEEDS for variant in ("lnlstm", "lstm", "bnlstm", "bn_everywhere")]
+
+
 SWEEPS = {
     "fig2": fig2_runs,
     "quick": lambda: fig2_runs(seeds=(0,), num_updates=QUICK_UPDATES,
@@ -82,6 +97,7 @@ SWEEPS = {
     "lr_search": lr_search_runs,
     "long_lr_search": long_lr_search_runs,
     "long": long_runs,
+    "hard": hard_runs,
 }
 
 
@@ -91,6 +107,6 @@ def get_config(name: str) -> config_dict.ConfigDict:
     return config_dict.ConfigDict({
         "driver": "experiments.attentive_reader",
         "task": "lnrepro.tasks.attentive_reader",
-        "base_config": "configs/attentive_reader.py",
+        "base_config": BASE_CONFIGS.get(name, BASE_CONFIG),
         "runs": SWEEPS[name](),
     })

@@ -130,14 +130,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def train_step(state: TrainState, batch: Batch, rng: jax.Array,
-               log_grad_norm: bool = True) -> tuple[TrainState, dict]:
-    """One Adam step on the mean NLL; BN population statistics are updated by the model.
-
-    Returns the new state and {'loss'} (+ 'grad_norm', the global gradient norm, when
-    log_grad_norm). The norm is a diagnostic, not part of the update (unless the optimizer clips):
-    at batch 4 on the MNIST MLP its extra pass over the 1.8M gradients costs ~25% of a step.
-    """
+def loss_and_gradients(state: TrainState, batch: Batch, rng: jax.Array
+                       ) -> tuple[jax.Array, Any, dict]:
+    """The training loss (mean NLL, dropout from `rng`, BN on batch statistics), its gradient
+    with respect to the parameters, and the model's updated BN statistics ({} without BN)."""
     has_batch_stats = state.batch_stats is not None
 
     def loss_fn(params):
@@ -148,6 +144,19 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array,
         return jnp.mean(cross_entropy(logits, batch["label"])), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return loss, grads, updates
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array,
+               log_grad_norm: bool = True) -> tuple[TrainState, dict]:
+    """One Adam step on the mean NLL; BN population statistics are updated by the model.
+
+    Returns the new state and {'loss'} (+ 'grad_norm', the global gradient norm, when
+    log_grad_norm). The norm is a diagnostic, not part of the update (unless the optimizer clips):
+    at batch 4 on the MNIST MLP its extra pass over the 1.8M gradients costs ~25% of a step.
+    """
+    has_batch_stats = state.batch_stats is not None
+    loss, grads, updates = loss_and_gradients(state, batch, rng)
     new_state = state.apply_gradients(grads=grads)
     if has_batch_stats:
         new_state = new_state.replace(batch_stats=updates["batch_stats"])

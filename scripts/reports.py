@@ -52,6 +52,7 @@ FULL_SOURCES = {
     "reader_lr": Source(f"{READER}:lr_search", "attentive_reader/lr_search"),
     "reader_long_lr": Source(f"{READER}:long_lr_search", "attentive_reader/long_lr_search"),
     "reader_long": Source(f"{READER}:long", "attentive_reader/long"),
+    "reader_hard": Source(f"{READER}:hard", "attentive_reader/hard"),
     # A `make reproduce` run's records, copied from runs/quick/records.
     "quick_mnist": Source(f"{MNIST}:quick", "quick/pi_mnist"),
     "quick_reader": Source(f"{READER}:quick", "quick/attentive_reader"),
@@ -65,11 +66,12 @@ PROFILES = {
                      skip=("claims table", "runtimes table")),
     # The open questions in order: the reader to the end of training; the fair learning-rate
     # search before Fig. 6's 10 seeds (a changed rate means re-running Fig. 6); BN's controls;
-    # the ablation; the reader at 6000 updates; last, Fig. 6's batch-128 runs at the short
-    # search's rates (how much the claims depend on the rate).
+    # the ablation; the reader at 6000 updates; Fig. 6's batch-128 runs at the short search's
+    # rates (how much the claims depend on the rate); last, the reader on the harder corpus
+    # (hours a run without a GPU).
     "full": Profile(FULL_SOURCES, sweeps=("reader_long", "mnist_lr_full", "fig6", "bn_controls",
                                           "batch_sizes", "batch_sizes_long", "fig2", "gain",
-                                          "fig6_short_search"),
+                                          "fig6_short_search", "reader_hard"),
                     records_root="results", workdir_root="runs", out_dir="results"),
 }
 
@@ -123,6 +125,7 @@ def _claim(text, source, a, b, measure, sign, **kwargs) -> tables.Claim:
 LN128, BN128, NONE128 = _mnist("layer", 128), _mnist("batch", 128), _mnist("none", 128)
 LN4, BN4, NONE4 = _mnist("layer", 4), _mnist("batch", 4), _mnist("none", 4)
 LNLSTM, LSTM, BNLSTM = _cell("lnlstm"), _cell("lstm"), _cell("bnlstm")
+BN_EVERYWHERE = _cell("bnlstm", True)
 
 
 def _batch_128_claims(source: str, label: str) -> tuple[tables.Claim, ...]:
@@ -169,6 +172,10 @@ CLAIMS = (
            REACHES_30, +1, test="fisher"),
     _claim("30k updates: LN-LSTM reaches 30% more often than BN-LSTM", "reader_long", LNLSTM,
            BNLSTM, REACHES_30, +1, test="fisher"),
+    *(_claim(f"harder corpus, 30k updates: LN-LSTM ends lower than {label}", "reader_hard",
+             LNLSTM, other, VALID_ERROR, -1)
+      for label, other in (("LSTM", LSTM), ("BN-LSTM", BNLSTM),
+                           ("BN-everywhere", BN_EVERYWHERE))),
 )
 
 
@@ -209,12 +216,13 @@ RUNTIMES = (  # (what, source, config selection) per row of the runtimes table
     ("reader Fig. 2: LSTM, 6000 updates", "fig2", LSTM),
     ("reader Fig. 2: LN-LSTM, 6000 updates", "fig2", LNLSTM),
     ("reader Fig. 2: BN-LSTM, 6000 updates", "fig2", BNLSTM),
-    ("reader Fig. 2: BN-everywhere, 6000 updates", "fig2", _cell("bnlstm", True)),
+    ("reader Fig. 2: BN-everywhere, 6000 updates", "fig2", BN_EVERYWHERE),
     ("reader LN gain 0.1, 6000 updates", "gain", {}),
     ("reader, 30k updates: LSTM", "reader_long", LSTM),
     ("reader, 30k updates: LN-LSTM", "reader_long", LNLSTM),
     ("reader, 30k updates: BN-LSTM", "reader_long", BNLSTM),
     ("reader, 30k updates: learning-rate search", "reader_long_lr", {}),
+    ("reader, harder corpus, 240 units, 30k updates", "reader_hard", {}),
 )
 
 
@@ -260,9 +268,11 @@ TABLES = (
     Table("reader long lr table", ("reader_long_lr",),
           lambda r: tables.reader_learning_rates(r["reader_long_lr"])),
     Table("reader long table", ("reader_long",), lambda r: tables.reader_long(r["reader_long"])),
+    Table("reader hard table", ("reader_hard",), lambda r: tables.reader_long(r["reader_hard"])),
     Table("claims table", (), lambda r: tables.claims(CLAIMS, r, {
         name: f"results/{source.directory}/" for name, source in FULL_SOURCES.items()}),
-          optional=("fig6", "fig6_short_search", "fig2", "reader_long", "bn_controls")),
+          optional=("fig6", "fig6_short_search", "fig2", "reader_long", "bn_controls",
+                    "reader_hard")),
     Table("runtimes table", (), lambda r: tables.runtimes(r, RUNTIMES),
           optional=tuple(dict.fromkeys(source for _, source, _ in RUNTIMES))),
 )
@@ -280,23 +290,30 @@ FIGURES = (
         r["reader_long"], out, reader_reference_lines(r["reader_long"]),
         xs=("step", "minutes"), title="Attentive reader, 30k updates, each variant at its "
         "learning rate")),
+    Figure("attentive_reader_hard.png", ("reader_hard",), lambda r, out: figures.reader(
+        r["reader_hard"], out, reader_reference_lines(r["reader_hard"]),
+        xs=("step", "minutes"), title="Attentive reader, harder corpus (300+ token passages), "
+        "240 units, 30k updates")),
 )
 # Tables computed rather than read from records.
 COMPUTED = {"invariance table": lambda: invariance.format_table(invariance.compute_table())}
-# Benchmark outputs, as `make benchmark` saves them (results/benchmarks/<name>.md): the README
-# shows the saved output, so every benchmark number there was printed by a benchmark run.
+# Saved outputs of the measuring scripts, as `make benchmark` and `make diagnostics` save them
+# (results/<folder>/<name>.md): the README shows the saved output, so every number there was
+# printed by a script run. README block -> file below results/.
 BENCHMARKS = ("ops", "train", "reader", "members")
+SAVED_OUTPUTS = {**{f"benchmark {name}": f"benchmarks/{name}.md" for name in BENCHMARKS},
+                 "init gradients": "diagnostics/init_gradients.md"}
 
 
-def benchmark_blocks(results: str) -> dict[str, str]:
+def saved_blocks(results: str) -> dict[str, str]:
     blocks = {}
-    for name in BENCHMARKS:
-        path = os.path.join(results, "benchmarks", f"{name}.md")
+    for block, file in SAVED_OUTPUTS.items():
+        path = os.path.join(results, file)
         if os.path.exists(path):
             with open(path) as f:
                 text = f.read().strip()
-            # The script's headings sit under the README's "## Benchmarks": two levels down.
-            blocks[f"benchmark {name}"] = re.sub(r"^#", "###", text, flags=re.MULTILINE)
+            # The scripts' headings sit two levels below the README's section heading.
+            blocks[block] = re.sub(r"^#", "###", text, flags=re.MULTILINE)
     return blocks
 
 
@@ -329,7 +346,7 @@ def build(profile: Profile, write_figures: bool = True, computed: bool = True
             if all(records.values()):
                 figure.make(records, os.path.join(profile.out_dir, figure.file))
     if profile.records_root == profile.out_dir:  # the committed results
-        blocks.update(benchmark_blocks(profile.records_root))
+        blocks.update(saved_blocks(profile.records_root))
     if computed:
         blocks.update({name: make() for name, make in COMPUTED.items()})
     return blocks

@@ -11,6 +11,7 @@ from configs import attentive_reader as reader_config
 from lnrepro import train
 from lnrepro.data import cloze_batches, cloze_dataset
 from lnrepro.tasks import attentive_reader
+from scripts import init_gradients
 
 VARIANTS = {  # name: (cell, bn_everywhere)
     "lstm": ("lstm", False),
@@ -74,6 +75,35 @@ def test_one_training_step_per_variant(tasks, variant):
     assert abs(losses[0] - np.log(vocab_size)) < 1.0
     row = task.evaluate(state, jax.jit(train.eval_step))
     assert 0.0 <= row["valid_error"] <= 1.0 and np.isfinite(row["valid_nll"])
+
+
+def test_the_initial_gradient_is_the_first_training_steps(tasks):
+    """scripts/init_gradients.py takes the gradient the trainer's first step takes: the same
+    initial state and dropout rng from the config's seed."""
+    config, task = tasks["lnlstm"]
+    gradients = init_gradients.initial_gradients(config, task)
+    states, rngs = train.create_member_states([config], [task], train.make_mesh())
+    _, step = train.train_step(jax.device_get(states[0]), task.init_batch,
+                               jax.random.fold_in(rngs[0], 0))
+    norm = float(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64))
+                             for g in gradients.values())))
+    np.testing.assert_allclose(norm, float(step["grad_norm"]), rtol=1e-4)
+    assert "['document_lstm']['initial_carry_1']" in gradients
+    table = init_gradients.report(gradients, config.grad_clip_norm, top=3)
+    assert table.startswith(f"global gradient norm: {norm:.4g}")
+    assert len([line for line in table.splitlines() if line.startswith("| [")]) == 3
+
+
+def test_the_initial_gradient_table_has_a_cell_per_corpus_and_variant(data_dir):
+    extra = ",".join(f"{k}={v}" for k, v in (
+        ("data_dir", data_dir), ("synthetic.num_train", 96), ("synthetic.num_validation", 24),
+        ("synthetic.num_test", 8), ("features", 8), ("batch_size", 8), ("bucket_width", 128)))
+    table = init_gradients.grid_table({"tiny": ""}, {"LSTM": "cell=lstm", "LN-LSTM": "cell=lnlstm"},
+                                      extra)
+    header, _, row = table.splitlines()[:3]
+    assert header == "| corpus, width | LSTM | LN-LSTM |"
+    cells = row.strip("|").split("|")
+    assert cells[0].strip() == "tiny" and all(float(c) > 0 for c in cells[1:])
 
 
 def _variables(task, config):

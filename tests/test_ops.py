@@ -165,6 +165,26 @@ def test_layer_norm_epsilon_is_inside_the_square_root():
                                [[-1 / np.sqrt(1 + 1e-5), 1 / np.sqrt(1 + 1e-5)]], rtol=1e-7)
 
 
+@pytest.mark.parametrize("impl", ["ops.layer_norm", "layers.LayerNorm"])
+def test_layer_norm_gradient_at_a_constant_row_is_scaled_by_one_over_sqrt_eps(impl):
+    """A constant row (an LN-LSTM's W_h h_0 with h_0 = 0) has zero variance: the output is the
+    bias, and the input gradient is (g - mean(g)) / sqrt(eps) with g = scale * dy: ~316x the
+    cotangent at eps = 1e-5 (README, the harder reader corpus)."""
+    rng = _rng(7)
+    x = jnp.full((2, 16), 0.0, jnp.float32).at[1].set(3.0)  # two constant rows
+    scale = jnp.asarray(rng.uniform(0.5, 2.0, size=16), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=16), jnp.float32)
+    dy = rng.normal(size=(2, 16))
+    f = lambda x: LN_IMPLEMENTATIONS[impl](x, scale, bias, -1, EPS)
+    y, vjp = jax.vjp(f, x)
+    np.testing.assert_allclose(np.asarray(y), np.broadcast_to(np.asarray(bias), (2, 16)),
+                               rtol=1e-6, atol=1e-6)
+    (dx,) = vjp(jnp.asarray(dy, jnp.float32))
+    g = _f64(scale) * dy
+    expected = (g - g.mean(axis=-1, keepdims=True)) / np.sqrt(EPS)
+    np.testing.assert_allclose(_f64(dx), expected, rtol=1e-5, atol=1e-4)
+
+
 # At offset 1e6 the float32 spacing is 2^-4 = 0.0625: the two-pass statistics compute the row
 # mean to within a couple of spacings, and x - mean inherits that error, so outputs of a row with
 # std 1 may shift by ~0.1 (measured <= 0.125 at H = 8..1000). That is float32-accurate relative to

@@ -1,5 +1,6 @@
 """The sweep runner: command lines, finished-run detection, publishing records."""
 
+import dataclasses
 import os
 import sys
 
@@ -10,6 +11,8 @@ from ml_collections import config_dict
 from configs import attentive_reader_sweeps, pi_mnist, pi_mnist_sweeps
 from experiments import sweep
 from lnrepro import metrics
+from lnrepro.data import synthetic_cloze
+from lnrepro.tasks import attentive_reader
 from scripts import tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +112,27 @@ def test_sweep_files_list_unique_runs_in_priority_order():
                                             "lnlstm_seed0"]
 
 
+def test_the_hard_reader_sweep_trains_every_variant_on_300_token_passages_at_240_units():
+    config = attentive_reader_sweeps.get_config("hard")
+    runs = config.runs
+    assert len(runs) == 4 * 3
+    assert {r["name"] for r in runs} == {f"{v}_seed{s}" for v in attentive_reader_sweeps.VARIANTS
+                                         for s in (0, 1, 2)}
+    for run in runs:
+        variant = run["name"].rsplit("_seed", 1)[0]
+        resolved = sweep.resolved_config(config, dict(run["overrides"]))
+        assert resolved.features == 240 and resolved.num_updates == 30_000
+        assert resolved.learning_rate == attentive_reader_sweeps.HARD_RATES[variant]
+    corpus = dataclasses.replace(attentive_reader.synthetic_config(resolved),
+                                 num_validation=200)
+    passages = [story.split("\n\n")[1].split()
+                for story in synthetic_cloze.generate_split(corpus, "validation")]
+    assert min(len(p) for p in passages) >= 300
+    # The other sweeps keep the CPU profile's corpus.
+    long = attentive_reader_sweeps.get_config("long")
+    assert sweep.resolved_config(long, dict(long.runs[0]["overrides"])).features == 64
+
+
 def test_only_selects_runs_by_name_and_rejects_a_pattern_that_matches_nothing():
     runs = pi_mnist_sweeps.get_config("fig6").runs
     selected = sweep.select_runs(runs, "bs128_seed2$")
@@ -143,6 +167,9 @@ def test_shards_split_a_sweep_over_machines_each_run_once():
     (attentive_reader_sweeps, "lr_search", "results/attentive_reader/lr_search"),
     (attentive_reader_sweeps, "long_lr_search", "results/attentive_reader/long_lr_search"),
     (attentive_reader_sweeps, "long", "results/attentive_reader/long"),
+    (attentive_reader_sweeps, "hard", "results/attentive_reader/hard"),
+    (pi_mnist_sweeps, "bn_controls", "results/pi_mnist/bn_controls"),
+    (pi_mnist_sweeps, "batch_sizes_long", "results/pi_mnist/batch_sizes_long"),
 ])
 def test_committed_records_match_their_sweeps(sweeps, name, results_dir):
     root = os.path.join(REPO, results_dir)
