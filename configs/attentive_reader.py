@@ -32,9 +32,10 @@ PAPER = {
 
 # A harder synthetic corpus, for the regime the CPU profile cannot reach: passages of 300+
 # tokens (12 facts, 6 of them distractors, among 12 entities, and 30 filler sentences; median
-# ~350 tokens, against ~50 for the CPU profile and ~760 for CNN) at the paper's 240 units. Long
+# ~350 tokens, against ~40 for the CPU profile and ~760 for CNN) at the paper's 240 units. Long
 # passages are where recurrent BN's per-step statistics and LN's per-step normalization should
-# matter. About 100 times the CPU profile's compute per update: a GPU's job (README).
+# matter. About a second per update on 2 cores, some 30 times the CPU profile's (a 40-update
+# probe, evaluations included): a GPU's job (README).
 HARD = {
     "synthetic.num_entities": 12,
     "synthetic.num_facts": 12,
@@ -54,7 +55,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.vocab_min_count = 1
     # The synthetic corpus (our CPU stand-in for CNN; see the module docstring for what it can
     # and cannot say about the paper's claim).
-    # Difficulty: 4 facts (2 of them distractors) and 1 filler sentence, ~50 tokens a passage:
+    # Difficulty: 4 facts (2 of them distractors) and 1 filler sentence, ~40 tokens a passage:
     # on 2 cores the reader starts to learn within ~1000 updates (the generator's default, 6
     # facts and 3 fillers, did not start learning within a few hours on 2 cores; README).
     c.synthetic = config_dict.ConfigDict(dict(

@@ -147,6 +147,18 @@ def loss_and_gradients(state: TrainState, batch: Batch, rng: jax.Array
     return loss, grads, updates
 
 
+def step_rng(train_rng: jax.Array, step) -> jax.Array:
+    """The dropout rng of one training step: the run's rng with the step folded in, so that a
+    resumed run draws the same masks."""
+    return jax.random.fold_in(train_rng, step)
+
+
+def first_batch(task: Task) -> Batch:
+    """The batch of a run's first training step, as its first chunk's first item selects it."""
+    item = jax.tree.map(lambda x: x[0], next(iter(task.train_chunks(0))))
+    return task.select_batch(task.device_data, item)
+
+
 def train_step(state: TrainState, batch: Batch, rng: jax.Array,
                log_grad_norm: bool = True) -> tuple[TrainState, dict]:
     """One Adam step on the mean NLL; BN population statistics are updated by the model.
@@ -211,8 +223,7 @@ def make_run_chunk(task: Task, mesh: jax.sharding.Mesh, log_grad_norm: bool = Tr
         def body(state, item):
             batch = task.select_batch(device_data, item)
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-            # Fold in the step so a resumed run draws the same dropout masks.
-            return train_step(state, batch, jax.random.fold_in(rng, state.step), log_grad_norm)
+            return train_step(state, batch, step_rng(rng, state.step), log_grad_norm)
         return jax.lax.scan(body, state, chunk)
 
     if members:

@@ -172,7 +172,9 @@ CLAIMS = (
            REACHES_30, +1, test="fisher"),
     _claim("30k updates: LN-LSTM reaches 30% more often than BN-LSTM", "reader_long", LNLSTM,
            BNLSTM, REACHES_30, +1, test="fisher"),
-    *(_claim(f"harder corpus, 30k updates: LN-LSTM ends lower than {label}", "reader_hard",
+    # Rates searched on the CPU profile's corpus at 64 units, not on this one.
+    *(_claim(f"harder corpus, 30k updates (unsearched rates): LN-LSTM ends lower than {label}",
+             "reader_hard",
              LNLSTM, other, VALID_ERROR, -1)
       for label, other in (("LSTM", LSTM), ("BN-LSTM", BNLSTM),
                            ("BN-everywhere", BN_EVERYWHERE))),
@@ -222,7 +224,9 @@ RUNTIMES = (  # (what, source, config selection) per row of the runtimes table
     ("reader, 30k updates: LN-LSTM", "reader_long", LNLSTM),
     ("reader, 30k updates: BN-LSTM", "reader_long", BNLSTM),
     ("reader, 30k updates: learning-rate search", "reader_long_lr", {}),
-    ("reader, harder corpus, 240 units, 30k updates", "reader_hard", {}),
+    *((f"reader, harder corpus, 240 units, 30k updates: {label}", "reader_hard", cell)
+      for label, cell in (("LSTM", LSTM), ("LN-LSTM", LNLSTM), ("BN-LSTM", BNLSTM),
+                          ("BN-everywhere", BN_EVERYWHERE))),
 )
 
 

@@ -77,18 +77,20 @@ def test_one_training_step_per_variant(tasks, variant):
     assert 0.0 <= row["valid_error"] <= 1.0 and np.isfinite(row["valid_nll"])
 
 
-def test_the_initial_gradient_is_the_first_training_steps(tasks):
-    """scripts/init_gradients.py takes the gradient the trainer's first step takes: the same
-    initial state and dropout rng from the config's seed."""
+def test_init_gradients_takes_the_gradient_of_the_trainers_first_step(tasks):
+    """scripts/init_gradients.py: the same initial state, first batch and dropout rng as the
+    first step of the trainer's own chunk program, whose logged gradient norm it reproduces."""
     config, task = tasks["lnlstm"]
-    gradients = init_gradients.initial_gradients(config, task)
-    states, rngs = train.create_member_states([config], [task], train.make_mesh())
-    _, step = train.train_step(jax.device_get(states[0]), task.init_batch,
-                               jax.random.fold_in(rngs[0], 0))
-    norm = float(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64))
-                             for g in gradients.values())))
-    np.testing.assert_allclose(norm, float(step["grad_norm"]), rtol=1e-4)
+    gradients = init_gradients.first_step_gradients(config, task)
+    mesh = train.make_mesh()
+    states, rngs = train.create_member_states([config], [task], mesh)
+    _, step_metrics = train.make_train_chunk(task, mesh)(states[0], next(task.train_chunks(0)),
+                                                         rngs[0])
+    norm = init_gradients.global_norm(gradients)
+    np.testing.assert_allclose(norm, float(step_metrics["grad_norm"][0]), rtol=1e-4)
     assert "['document_lstm']['initial_carry_1']" in gradients
+    first = init_gradients.first_steps_norms(config, task, steps=2)
+    assert len(first) == 2 and first[0] == float(step_metrics["grad_norm"][0])
     table = init_gradients.report(gradients, config.grad_clip_norm, top=3)
     assert table.startswith(f"global gradient norm: {norm:.4g}")
     assert len([line for line in table.splitlines() if line.startswith("| [")]) == 3
@@ -100,10 +102,12 @@ def test_the_initial_gradient_table_has_a_cell_per_corpus_and_variant(data_dir):
         ("synthetic.num_test", 8), ("features", 8), ("batch_size", 8), ("bucket_width", 128)))
     table = init_gradients.grid_table({"tiny": ""}, {"LSTM": "cell=lstm", "LN-LSTM": "cell=lnlstm"},
                                       extra)
-    header, _, row = table.splitlines()[:3]
-    assert header == "| corpus, width | LSTM | LN-LSTM |"
-    cells = row.strip("|").split("|")
-    assert cells[0].strip() == "tiny" and all(float(c) > 0 for c in cells[1:])
+    header, _, row, _, footnote = table.splitlines()
+    assert header == "| corpus, width | median passage (tokens) | LSTM | LN-LSTM |"
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "tiny" and 20 < int(cells[1]) < 80
+    assert all(float(c) > 0 for c in cells[2:])
+    assert "seed 0, dropout 0.1, gradient clip at norm 10" in footnote
 
 
 def _variables(task, config):

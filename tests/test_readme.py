@@ -63,7 +63,8 @@ def test_the_readme_shows_commands_for_every_entry_point():
     expected = {"experiments.pi_mnist", "experiments.attentive_reader", "experiments.sweep",
                 "experiments.prepare_data", "scripts.reproduce", "scripts.update_results",
                 "scripts.invariance_table", "scripts.benchmark_ops", "scripts.benchmark_train",
-                "scripts.benchmark_reader", "scripts.benchmark_members"}
+                "scripts.benchmark_reader", "scripts.benchmark_members",
+                "scripts.init_gradients"}
     assert expected <= modules, expected - modules
     assert not re.search(r"(?<![\w/.-])python3? -m ", prose(README)), \
         "a bare `python -m` fails when pasted without the venv: write .venv/bin/python"
