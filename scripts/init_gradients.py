@@ -15,8 +15,10 @@ LN-LSTM's first gradient growing with the passage length (README, the harder rea
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import statistics
+import sys
 
 import jax
 import numpy as np
@@ -48,8 +50,9 @@ DETAIL = f"{READER}:hard,cell=lnlstm"
 DETAIL_STEPS = 40
 
 
-def task_module(config_path: str):
-    """configs/<task>.py -> lnrepro.tasks.<task>."""
+def task_module(config_spec: str):
+    """configs/<task>.py[:arg] -> lnrepro.tasks.<task>."""
+    config_path = config_spec.partition(":")[0]
     name = config_path.rsplit("/", 1)[-1].removesuffix(".py")
     try:
         return importlib.import_module(f"lnrepro.tasks.{name}")
@@ -85,16 +88,17 @@ def first_steps_norms(config, task: train.Task, steps: int) -> list[float]:
     return norms
 
 
-def load(config_path: str, config) -> tuple:
-    """(resolved config, its first step's gradients) for a config of the file `config_path`."""
-    module = task_module(config_path)
+def load(config_spec: str, config) -> tuple:
+    """(resolved config, its first step's gradients) for `config`, loaded from `config_spec`
+    ('configs/<task>.py[:arg]')."""
+    module = task_module(config_spec)
     config = module.resolve_config(config)
     return config, first_step_gradients(config, module.build_task(config))
 
 
 def load_spec(spec: str) -> tuple:
     """load() for 'configs/<task>.py[:arg]'."""
-    return load(spec.partition(":")[0], common.load_config_file(spec))
+    return load(spec, common.load_config_file(spec))
 
 
 def global_norm(gradients: dict[str, np.ndarray]) -> float:
@@ -147,18 +151,27 @@ def grid_table(grid: dict[str, str], variants: dict[str, str], extra: str = "") 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if _CONFIG.value is None:
-        print(grid_table(GRID, VARIANTS))
-        config, gradients = load_spec(DETAIL)
-        print(f"\nThe largest parameter gradients of `{DETAIL}`:\n")
-        print(report(gradients, config.grad_clip_norm, _TOP.value))
-        norms = first_steps_norms(config, task_module(READER).build_task(config), DETAIL_STEPS)
-        print(f"\nIts first {DETAIL_STEPS} training steps' global gradient norms (the clipped "
-              f"updates applied): {', '.join(f'{n:.2g}' for n in norms[:DETAIL_STEPS])}")
-        return
+    # Data preparation (TFDS) prints to stdout: keep it out of the saved tables.
+    with contextlib.redirect_stdout(sys.stderr):
+        text = readme_tables() if _CONFIG.value is None else report_of_flag_config()
+    print(text)
+
+
+def readme_tables() -> str:
+    """GRID's table, then DETAIL's largest parameters and first steps' norms."""
+    grid = grid_table(GRID, VARIANTS)
+    config, gradients = load_spec(DETAIL)
+    norms = first_steps_norms(config, task_module(READER).build_task(config), DETAIL_STEPS)
+    return (f"{grid}\n\nThe largest parameter gradients of `{DETAIL}`:\n\n"
+            f"{report(gradients, config.grad_clip_norm, _TOP.value)}\n\n"
+            f"Its first {DETAIL_STEPS} training steps' global gradient norms (before the clip): "
+            f"{', '.join(f'{n:.2g}' for n in norms[:DETAIL_STEPS])}.")
+
+
+def report_of_flag_config() -> str:
     config, gradients = load(config_flags.get_config_filename(flags.FLAGS["config"]),
                              _CONFIG.value)
-    print(report(gradients, config.get("grad_clip_norm"), _TOP.value))
+    return report(gradients, config.get("grad_clip_norm"), _TOP.value)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,13 @@ def test_init_gradients_takes_the_gradient_of_the_trainers_first_step(tasks):
     assert len([line for line in table.splitlines() if line.startswith("| [")]) == 3
 
 
+def test_init_gradients_finds_the_task_of_a_config_spec():
+    assert init_gradients.task_module("configs/attentive_reader.py:hard,cell=lnlstm") \
+        is attentive_reader
+    with pytest.raises(ValueError, match="no task lnrepro.tasks.mnist; give one of"):
+        init_gradients.task_module("configs/mnist.py:norm=layer")
+
+
 def test_the_initial_gradient_table_has_a_cell_per_corpus_and_variant(data_dir):
     extra = ",".join(f"{k}={v}" for k, v in (
         ("data_dir", data_dir), ("synthetic.num_train", 96), ("synthetic.num_validation", 24),
