@@ -268,3 +268,17 @@ def test_learning_rate_table_says_how_many_rates_each_choice_is_the_best_of():
     assert tables.mnist_learning_rates(tied)[1] == {("batch", 128): 1e-4}
     assert text.endswith("Chosen: layer at batch 128: 0.003 (best of 2 rates), "
                          "none at batch 128: 0.001 (best of 1 rate)")
+
+
+def test_saved_outputs_become_readme_blocks_with_their_headings_moved_down(tmp_path):
+    """make benchmark / make diagnostics save script outputs; the README shows them as saved,
+    headings two levels down, and a missing file gives no block (the README keeps its own)."""
+    os.makedirs(tmp_path / "diagnostics")
+    (tmp_path / "diagnostics" / "init_gradients.md").write_text(
+        "Measured today by `scripts.init_gradients`.\n\n# Grid\n| a |\n|---|\n| 1 |\n")
+    blocks = reports.saved_blocks(str(tmp_path))
+    assert set(blocks) == {"init gradients"}
+    assert blocks["init gradients"].splitlines()[2] == "### Grid"
+    assert blocks["init gradients"].endswith("| 1 |")
+    assert set(reports.SAVED_OUTPUTS) == {"init gradients"} | {
+        f"benchmark {name}" for name in reports.BENCHMARKS}
