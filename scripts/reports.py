@@ -260,9 +260,9 @@ TABLES = (
     Table("mnist lr table", ("mnist_lr",), lambda r: tables.mnist_learning_rates(r["mnist_lr"])[0]),
     Table("mnist lr full table", ("mnist_lr_full",),
           lambda r: tables.mnist_learning_rates(r["mnist_lr_full"])[0]),
-    Table("bn controls table", ("bn_controls",), lambda r: tables.by_settings(
-        r["bn_controls"], ("batch_size", "normalize_logits", "bn_eval_statistics",
-                           "bn_unbiased_variance"))),
+    Table("bn controls table", ("bn_controls",),
+          lambda r: tables.bn_controls(r["bn_controls"], r.get("fig6", [])),
+          optional=("fig6",)),
     Table("batch_sizes long table", ("batch_sizes_long",),
           lambda r: tables.batch_sizes(r["batch_sizes_long"]), finished_only=True),
     Table("reader table", ("fig2",), lambda r: tables.reader(r["fig2"])),
@@ -342,8 +342,10 @@ def build(profile: Profile, write_figures: bool = True, computed: bool = True
             continue
         present = tuple(name for name in table.optional if name in profile.sources)
         records = load(profile, table.sources + present, table.finished_only)
+        # Records of its own sources (of any, for a table with only optional ones).
+        own = [records[name] for name in table.sources] or list(records.values())
         blocks[table.name] = (f"{table.make(records)}\n\n{metrics.provenance_note(_all(records))}"
-                              if any(records.values()) else NO_RUNS)
+                              if any(own) else NO_RUNS)
     for figure in FIGURES if write_figures else ():
         if set(figure.sources) <= set(profile.sources):
             records = load(profile, figure.sources, figure.finished_only)

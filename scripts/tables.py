@@ -11,6 +11,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from lnrepro import metrics
+from lnrepro.tasks import pi_mnist
 from scripts import stats
 
 NLL_TARGET = 0.01
@@ -84,18 +85,46 @@ def fig6(records: list[metrics.RunRecord]) -> str:
     return "\n".join(lines)
 
 
-def by_settings(records: list[metrics.RunRecord], keys: tuple[str, ...]) -> str:
-    """One row per combination of the config `keys`: seeds, epochs, final test error and
-    training NLL (mean ± sample std over finished seeds)."""
-    groups = metrics.group_runs([r for r in records if r.finished], keys)
-    lines = ["| " + " | ".join(keys) + " | seeds | epochs | test error (%) | training NLL |",
-             "|" + "---|" * (len(keys) + 4)]
-    for values, runs in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        finals = [run.rows[-1] for run in runs]
-        lines.append("| " + " | ".join(str(v) for v in values) + f" | {len(runs)} | "
-                     f"{len(runs[0].rows)} | "
+def bn_variant(config: dict) -> str:
+    """What a BN run changes from Fig. 6's BN (all layers, population statistics at evaluation,
+    the unbiased variance at batch <= UNBIASED_VARIANCE_MAX_BATCH only)."""
+    changes = []
+    if not config["normalize_logits"]:
+        changes.append("hidden layers only")
+    if config["bn_eval_statistics"] == "batch":
+        changes.append("batch statistics at evaluation")
+    if config["bn_unbiased_variance"] != (config["batch_size"]
+                                          <= pi_mnist.UNBIASED_VARIANCE_MAX_BATCH):
+        changes.append("n - 1 variance" if config["bn_unbiased_variance"] else "biased variance")
+    return ", ".join(changes) or "Fig. 6's BN (the reference)"
+
+
+def bn_controls(controls: list[metrics.RunRecord], reference: list[metrics.RunRecord]) -> str:
+    """Per batch size, Fig. 6's BN runs (`reference`: its BN runs at the controls' batch sizes)
+    and then each control: seeds, learning rate, final test error and training NLL (mean ± sample
+    std over finished seeds), and the epoch after which each seed's training NLL stays below
+    1e-3."""
+    sizes = {r.config["batch_size"] for r in controls}
+    runs = [r for r in controls if r.finished] + [
+        r for r in reference if r.finished and r.config["norm"] == "batch"
+        and r.config["batch_size"] in sizes]
+    groups: dict[tuple, list[metrics.RunRecord]] = {}
+    for run in runs:
+        key = (run.config["batch_size"], bn_variant(run.config), run.config["learning_rate"])
+        groups.setdefault(key, []).append(run)
+    lines = ["| batch | BN run | seeds | learning rate | epochs | test error (%) | training NLL | "
+             "epoch after which NLL < 1e-3, per seed |", "|---|---|---|---|---|---|---|---|"]
+    for (bs, variant, lr), group in sorted(groups.items(), key=lambda kv: (
+            -kv[0][0], not kv[0][1].startswith("Fig. 6"), kv[0][1])):
+        group = sorted(group, key=lambda r: r.config.get("seed", 0))
+        finals = [run.rows[-1] for run in group]
+        settles = [first_row_staying_below(run, "train_nll", 1e-3, "epoch") for run in group]
+        lines.append(f"| {bs} | {variant} | {len(group)} | {lr:g} | {len(group[0].rows)} | "
                      f"{stats.mean_std([f['test_error'] for f in finals], 100)} | "
-                     f"{stats.mean_std([f['train_nll'] for f in finals], digits=1, style='e')} |")
+                     f"{stats.mean_std([f['train_nll'] for f in finals], digits=1, style='e')} | "
+                     f"{_listed(settles)} |")
+    lines += ["", "Each control changes one setting of Fig. 6's BN at the same learning rate; "
+                  "- : the NLL does not stay below 1e-3 within the run."]
     return "\n".join(lines)
 
 

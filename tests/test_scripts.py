@@ -15,11 +15,12 @@ from lnrepro import metrics
 from scripts import figures, reports, stats, tables
 
 
-def _write_mnist_run(root, name, norm, batch_size, seed, test_errors, num_epochs=None):
+def _write_mnist_run(root, name, norm, batch_size, seed, test_errors, num_epochs=None,
+                     **settings):
     workdir = os.path.join(root, name)
     num_epochs = num_epochs or len(test_errors)
     metrics.write_config(workdir, {"norm": norm, "batch_size": batch_size, "seed": seed,
-                                   "num_epochs": num_epochs, "learning_rate": 1e-3})
+                                   "num_epochs": num_epochs, "learning_rate": 1e-3, **settings})
     for epoch, error in enumerate(test_errors):
         metrics.append_metrics(workdir, {
             "round": epoch, "num_rounds": num_epochs, "epoch": epoch + 1,
@@ -75,6 +76,30 @@ def test_ablation_uses_finished_runs_only(tmp_path):
     assert _is_png(figures.batch_sizes(records, str(tmp_path / "ablation.png")))
     with pytest.raises(ValueError, match="no finished runs"):
         figures.batch_sizes([r for r in records if not r.finished], str(tmp_path / "empty.png"))
+
+
+def test_bn_controls_sit_beside_fig6s_bn_runs_at_their_batch_size(tmp_path):
+    bn = {"normalize_logits": True, "bn_eval_statistics": "population"}
+    fig6, controls = str(tmp_path / "fig6"), str(tmp_path / "controls")
+    for seed in (0, 1):
+        _write_mnist_run(fig6, f"batch_bs128_seed{seed}", "batch", 128, seed, [0.03, 0.02],
+                         **bn, bn_unbiased_variance=False)
+    _write_mnist_run(fig6, "batch_bs4_seed0", "batch", 4, 0, [0.03, 0.02], **bn,
+                     bn_unbiased_variance=True)  # no control at batch 4: left out
+    _write_mnist_run(fig6, "layer_bs128_seed0", "layer", 128, 0, [0.03, 0.02])  # not BN
+    _write_mnist_run(controls, "hidden_only_bs128_seed0", "batch", 128, 0, [0.03, 0.01],
+                     **{**bn, "normalize_logits": False}, bn_unbiased_variance=False)
+    _write_mnist_run(controls, "other_variance_bs128_seed0", "batch", 128, 0, [0.03, 0.04],
+                     **bn, bn_unbiased_variance=True)
+    text = tables.bn_controls(metrics.load_runs(controls), metrics.load_runs(fig6))
+    rows = [line for line in text.splitlines() if line.startswith("| 128 |")]
+    # Training NLL 0.1/8 = 0.0125 at epoch 2: never below 1e-3 ("-").
+    assert rows == [
+        "| 128 | Fig. 6's BN (the reference) | 2 | 0.001 | 2 | 2.00 ± 0.00 | 1.3e-02 ± 0.0e+00 "
+        "| -, - |",
+        "| 128 | hidden layers only | 1 | 0.001 | 2 | 1.00 | 1.3e-02 | - |",
+        "| 128 | n - 1 variance | 1 | 0.001 | 2 | 4.00 | 1.3e-02 | - |"]
+    assert "| 4 |" not in text
 
 
 def test_reader_table_and_plots(tmp_path):
@@ -194,14 +219,14 @@ def test_claims_table_states_each_claim_with_its_statistics(tmp_path):
 
 def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
     """Stands in for scripts.reproduce.run_sweep: writes a short finished record per run, with
-    the config fields the plots and tables group by."""
+    the config its run would record."""
     import importlib
-    from experiments import common
+    from experiments import sweep as sweep_runner
     path, name = sweep.split(":")
     plan = importlib.import_module(path[:-3].replace("/", ".")).get_config(name)
-    base = common.load_config_file(plan.base_config).to_dict()
     for run in plan.runs:
-        config = {**base, **run["overrides"]}
+        # The whole config a real run records: base config, overrides, the task's defaults.
+        config = sweep_runner.resolved_config(plan, dict(run["overrides"])).to_dict()
         workdir = os.path.join(records_dir, run["name"])
         metrics.write_config(workdir, config)
         rounds = config.get("num_epochs") or config["num_updates"] // config["eval_every"]
