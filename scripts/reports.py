@@ -237,6 +237,9 @@ class Table:
     make: Callable[[dict[str, list[metrics.RunRecord]]], str]
     optional: tuple[str, ...] = ()  # read when the profile has them
     finished_only: bool = False  # its numbers are final values: partial runs would mislead
+    # The records it shows, of those read (and so those its provenance line counts): all of them
+    # when None.
+    select: Callable[[dict[str, list[metrics.RunRecord]]], dict] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +265,8 @@ TABLES = (
           lambda r: tables.mnist_learning_rates(r["mnist_lr_full"])[0]),
     Table("bn controls table", ("bn_controls",),
           lambda r: tables.bn_controls(r["bn_controls"], r.get("fig6", [])),
-          optional=("fig6",)),
+          optional=("fig6",), select=lambda r: {**r, "fig6": tables.bn_reference(
+              r["bn_controls"], r.get("fig6", []))}),
     Table("batch_sizes long table", ("batch_sizes_long",),
           lambda r: tables.batch_sizes(r["batch_sizes_long"]), finished_only=True),
     Table("reader table", ("fig2",), lambda r: tables.reader(r["fig2"])),
@@ -342,6 +346,8 @@ def build(profile: Profile, write_figures: bool = True, computed: bool = True
             continue
         present = tuple(name for name in table.optional if name in profile.sources)
         records = load(profile, table.sources + present, table.finished_only)
+        if table.select:
+            records = table.select(records)
         # Records of its own sources (of any, for a table with only optional ones).
         own = [records[name] for name in table.sources] or list(records.values())
         blocks[table.name] = (f"{table.make(records)}\n\n{metrics.provenance_note(_all(records))}"

@@ -99,15 +99,19 @@ def bn_variant(config: dict) -> str:
     return ", ".join(changes) or "Fig. 6's BN (the reference)"
 
 
-def bn_controls(controls: list[metrics.RunRecord], reference: list[metrics.RunRecord]) -> str:
-    """Per batch size, Fig. 6's BN runs (`reference`: its BN runs at the controls' batch sizes)
-    and then each control: seeds, learning rate, final test error and training NLL (mean ± sample
-    std over finished seeds), and the epoch after which each seed's training NLL stays below
-    1e-3."""
+def bn_reference(controls: list[metrics.RunRecord], fig6: list[metrics.RunRecord]
+                 ) -> list[metrics.RunRecord]:
+    """Fig. 6's BN runs at the batch sizes the controls ran at: what each control is compared
+    with."""
     sizes = {r.config["batch_size"] for r in controls}
-    runs = [r for r in controls if r.finished] + [
-        r for r in reference if r.finished and r.config["norm"] == "batch"
-        and r.config["batch_size"] in sizes]
+    return [r for r in fig6 if r.config["norm"] == "batch" and r.config["batch_size"] in sizes]
+
+
+def bn_controls(controls: list[metrics.RunRecord], reference: list[metrics.RunRecord]) -> str:
+    """Per batch size, the `reference` runs (bn_reference) and then each control: seeds,
+    learning rate, final test error and training NLL (mean ± sample std over finished seeds),
+    and the epoch after which each seed's training NLL stays below 1e-3."""
+    runs = [r for r in controls + reference if r.finished]
     groups: dict[tuple, list[metrics.RunRecord]] = {}
     for run in runs:
         key = (run.config["batch_size"], bn_variant(run.config), run.config["learning_rate"])

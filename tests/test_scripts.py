@@ -91,7 +91,10 @@ def test_bn_controls_sit_beside_fig6s_bn_runs_at_their_batch_size(tmp_path):
                      **{**bn, "normalize_logits": False}, bn_unbiased_variance=False)
     _write_mnist_run(controls, "other_variance_bs128_seed0", "batch", 128, 0, [0.03, 0.04],
                      **bn, bn_unbiased_variance=True)
-    text = tables.bn_controls(metrics.load_runs(controls), metrics.load_runs(fig6))
+    control_runs = metrics.load_runs(controls)
+    reference = tables.bn_reference(control_runs, metrics.load_runs(fig6))
+    assert sorted(r.config["seed"] for r in reference) == [0, 1]  # BN at batch 128 only
+    text = tables.bn_controls(control_runs, reference)
     rows = [line for line in text.splitlines() if line.startswith("| 128 |")]
     # Training NLL 0.1/8 = 0.0125 at epoch 2: never below 1e-3 ("-").
     assert rows == [
