@@ -160,6 +160,10 @@ CLAIMS = (
     *(_claim(f"bs {bs}: BN on the hidden layers only ends with lower test error than BN on all",
              "bn_controls", {**bn, "normalize_logits": False}, bn, TEST_ERROR, -1,
              b_source="fig6") for bs, bn in ((128, BN128), (4, BN4))),
+    # The batch-size ablation (3 epochs, at the short search's rates): the small batches.
+    *(_claim(f"ablation, 3 epochs, bs {bs}: LN ends with lower test error than {label}",
+             "batch_sizes", _mnist("layer", bs), _mnist(norm, bs), TEST_ERROR, -1)
+      for bs, norm, label in ((2, "batch", "BN"), (4, "batch", "BN"), (4, "none", "no norm"))),
     # The batch-128 runs at the short search's rates (3 seeds), which the 60-epoch search
     # replaced: do the claims depend on the rate?
     *_batch_128_claims("fig6_short_search", "bs 128, short-search rates"),
@@ -283,7 +287,7 @@ TABLES = (
     Table("claims table", (), lambda r: tables.claims(CLAIMS, r, {
         name: f"results/{source.directory}/" for name, source in FULL_SOURCES.items()}),
           optional=("fig6", "fig6_short_search", "fig2", "reader_long", "bn_controls",
-                    "reader_hard")),
+                    "batch_sizes", "reader_hard")),
     Table("runtimes table", (), lambda r: tables.runtimes(r, RUNTIMES),
           optional=tuple(dict.fromkeys(source for _, source, _ in RUNTIMES))),
 )
