@@ -15,12 +15,17 @@ def test_presets_and_nested_keys_apply_left_to_right():
     assert (config.corpus, config.features, config.learning_rate) == ("cnn", 128, 8e-5)
     assert config.synthetic.num_facts == 6
     assert reader_config.get_config("features=128,paper").features == 240  # paper came last
-    with pytest.raises(ValueError, match="unknown preset 'papr'.*presets: \\['paper'\\]"):
+    with pytest.raises(ValueError, match="unknown preset 'papr'.*presets: \\['hard', 'paper'\\]"):
         reader_config.get_config("papr")
     with pytest.raises(ValueError, match="unknown config key 'synthetic.num_fact'"):
         reader_config.get_config("synthetic.num_fact=6")
     with pytest.raises(ValueError, match="neither a preset name nor key=value"):
         mnist_config.get_config("norm=layer,3x")
+    # The harder corpus's preset changes the corpus and the width only.
+    hard, default = reader_config.get_config("hard"), reader_config.get_config()
+    assert (hard.features, hard.synthetic.num_filler, hard.synthetic.num_facts) == (240, 30, 12)
+    assert (hard.corpus, hard.learning_rate, hard.batch_size) == (
+        default.corpus, default.learning_rate, default.batch_size)
 
 
 def test_values_may_hold_commas_inside_brackets_and_quotes():
