@@ -181,8 +181,7 @@ CLAIMS = (
            BNLSTM, REACHES_30, +1, test="fisher"),
     # Rates searched on the CPU profile's corpus at 64 units, not on this one.
     *(_claim(f"harder corpus, 30k updates (unsearched rates): LN-LSTM ends lower than {label}",
-             "reader_hard",
-             LNLSTM, other, VALID_ERROR, -1)
+             "reader_hard", LNLSTM, other, VALID_ERROR, -1)
       for label, other in (("LSTM", LSTM), ("BN-LSTM", BNLSTM),
                            ("BN-everywhere", BN_EVERYWHERE))),
 )
