@@ -29,6 +29,7 @@ from ml_collections import config_flags
 from experiments import common
 from lnrepro import train
 from lnrepro.data import synthetic_cloze
+from lnrepro.tasks import attentive_reader
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, as the drivers take it (configs/<task>.py[:arg], then "
@@ -122,7 +123,7 @@ def report(gradients: dict[str, np.ndarray], clip_norm: float | None, top: int) 
 
 def median_passage_tokens(config) -> int:
     """The median passage length of a synthetic-corpus config's validation split."""
-    corpus = synthetic_cloze.SyntheticConfig(**config.synthetic.to_dict())
+    corpus = attentive_reader.synthetic_config(config)
     return int(statistics.median(len(story.split("\n\n")[1].split())
                                  for story in synthetic_cloze.generate_split(corpus, "validation")))
 
