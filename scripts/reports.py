@@ -179,6 +179,10 @@ CLAIMS = (
            REACHES_30, +1, test="fisher"),
     _claim("30k updates: LN-LSTM reaches 30% more often than BN-LSTM", "reader_long", LNLSTM,
            BNLSTM, REACHES_30, +1, test="fisher"),
+    _claim("30k updates: LN-LSTM ends lower than BN-everywhere", "reader_long", LNLSTM,
+           BN_EVERYWHERE, VALID_ERROR, -1),
+    _claim("30k updates: LN-LSTM reaches 30% more often than BN-everywhere", "reader_long",
+           LNLSTM, BN_EVERYWHERE, REACHES_30, +1, test="fisher"),
     # Rates searched on the CPU profile's corpus at 64 units, not on this one.
     *(_claim(f"harder corpus, 30k updates (unsearched rates): LN-LSTM ends lower than {label}",
              "reader_hard", LNLSTM, other, VALID_ERROR, -1)
@@ -229,6 +233,7 @@ RUNTIMES = (  # (what, source, config selection) per row of the runtimes table
     ("reader, 30k updates: LSTM", "reader_long", LSTM),
     ("reader, 30k updates: LN-LSTM", "reader_long", LNLSTM),
     ("reader, 30k updates: BN-LSTM", "reader_long", BNLSTM),
+    ("reader, 30k updates: BN-everywhere", "reader_long", BN_EVERYWHERE),
     ("reader, 30k updates: learning-rate search", "reader_long_lr", {}),
     *((f"reader, harder corpus, 240 units, 30k updates: {label}", "reader_hard", cell)
       for label, cell in (("LSTM", LSTM), ("LN-LSTM", LNLSTM), ("BN-LSTM", BNLSTM),
