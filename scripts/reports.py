@@ -99,6 +99,15 @@ def _reaches(key: str, target: float) -> Callable[[metrics.RunRecord], bool]:
     return lambda run: tables.first_row_below(run, key, target + 1e-9, "step") is not None
 
 
+def _updates_to(key: str, target: float) -> Callable[[metrics.RunRecord], float]:
+    """The first evaluated update at which `key` is at or below target; inf for a run that never
+    gets there (known only to be later than its last update: tables.claims then compares ranks)."""
+    def measure(run):
+        step = tables.first_row_below(run, key, target + 1e-9, "step")
+        return math.inf if step is None else step
+    return measure
+
+
 def _mnist(norm, bs):
     return {"norm": norm, "batch_size": bs}
 
@@ -116,6 +125,8 @@ VALID_ERROR = (_final("valid_error"), "final validation error (%)")
 LEAVES_PLATEAU = (_reaches("valid_error", tables.PLATEAU_EXIT),
                   "seeds below 70% within 6000 updates")
 REACHES_30 = (_reaches("valid_error", tables.LONG_TARGET), "seeds below 30% within 30k updates")
+UPDATES_TO_30 = (_updates_to("valid_error", tables.LONG_TARGET),
+                 "updates until below 30% (inf: not within 30k)")
 
 
 def _claim(text, source, a, b, measure, sign, **kwargs) -> tables.Claim:
@@ -182,8 +193,11 @@ CLAIMS = (
            BNLSTM, REACHES_30, +1, test="fisher"),
     _claim("30k updates: LN-LSTM ends lower than BN-everywhere", "reader_long", LNLSTM,
            BN_EVERYWHERE, VALID_ERROR, -1),
-    _claim("30k updates: LN-LSTM reaches 30% more often than BN-everywhere", "reader_long",
-           LNLSTM, BN_EVERYWHERE, REACHES_30, +1, test="fisher"),
+    # Fig. 2's claim is about speed: the updates each seed needs to get below 30%.
+    *(_claim(f"30k updates: LN-LSTM gets below 30% in fewer updates than {label}",
+             "reader_long", LNLSTM, other, UPDATES_TO_30, -1)
+      for label, other in (("LSTM", LSTM), ("BN-LSTM", BNLSTM),
+                           ("BN-everywhere", BN_EVERYWHERE))),
     # Rates searched on the CPU profile's corpus at 64 units, not on this one.
     *(_claim(f"harder corpus, 30k updates (unsearched rates): LN-LSTM ends lower than {label}",
              "reader_hard", LNLSTM, other, VALID_ERROR, -1)

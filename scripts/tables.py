@@ -6,6 +6,7 @@ scripts/reports.py says which records each table is built from and where it goes
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -316,6 +317,12 @@ def _format_effect(c: stats.Comparison) -> str:
     return f"{c.effect:+.3g} [{c.low:+.3g}, {c.high:+.3g}]"
 
 
+def _format_value(x: float) -> str:
+    """A whole number in full (an update count: 26000, not 2.6e+04); anything else to 3
+    significant digits."""
+    return f"{x:.0f}" if math.isfinite(x) and float(x).is_integer() else f"{x:.3g}"
+
+
 def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]],
            directories: Mapping[str, str] | None = None) -> str:
     """One row per claim: the two groups' per-seed values, A - B with its 95% interval, the test
@@ -338,7 +345,7 @@ def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRe
 
         def shown(values, diverged):
             text = (f"{sum(values)}/{len(values)}" if claim.test == "fisher" else
-                    ", ".join(f"{x:.3g}" for x in values))
+                    ", ".join(_format_value(x) for x in values))
             return text + (f" (+{diverged} diverged)" if diverged else "")
         effect = "-" if comparison is None else _format_effect(comparison)
         test = "-" if comparison is None else f"{comparison.test}, {comparison.p:.2g}"

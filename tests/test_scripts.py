@@ -220,6 +220,28 @@ def test_claims_table_states_each_claim_with_its_statistics(tmp_path):
     assert tables.first_row_below(run, "train_nll", 0.5, "epoch") == 1
 
 
+def test_updates_to_a_target_count_from_the_records_and_show_in_full(tmp_path):
+    root = str(tmp_path / "long")
+    for name, cell, errors in (("ln0", "lnlstm", [0.5, 0.3, 0.1]), ("ln1", "lnlstm", [0.2, 0.1, 0.1]),
+                               ("lstm0", "lstm", [0.7, 0.6, 0.5]),
+                               ("lstm1", "lstm", [0.7, 0.3, 0.2])):
+        workdir = os.path.join(root, name)
+        metrics.write_config(workdir, {"cell": cell, "bn_everywhere": False,
+                                       "num_updates": 15000, "eval_every": 5000})
+        for i, error in enumerate(errors):
+            metrics.append_metrics(workdir, {"round": i, "num_rounds": 3,
+                                             "step": 5000 * (i + 1), "valid_error": error})
+    records = {"reader_long": metrics.load_runs(root)}
+    measure, _ = reports.UPDATES_TO_30
+    # 30% reached exactly counts as reached (as in the reader tables); never reached is inf.
+    assert sorted(measure(r) for r in records["reader_long"]) == [5000, 10000, 10000,
+                                                                  float("inf")]
+    claim = next(c for c in reports.CLAIMS if c.text.startswith("30k updates: LN-LSTM gets below "
+                                                                "30% in fewer updates than LSTM"))
+    row = tables.claims([claim], records).splitlines()[-1]
+    assert "| 10000, 5000 | inf, 10000 | -inf (medians) | Mann-Whitney," in row
+
+
 def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
     """Stands in for scripts.reproduce.run_sweep: writes a short finished record per run, with
     the config its run would record."""
