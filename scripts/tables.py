@@ -313,14 +313,17 @@ def _format_effect(c: stats.Comparison) -> str:
     if c.test == "Fisher":
         return f"{100 * c.effect:+.0f} points of seeds"
     if np.isnan(c.low):
-        return f"{c.effect:+.3g} (medians)"
-    return f"{c.effect:+.3g} [{c.low:+.3g}, {c.high:+.3g}]"
+        return f"{_format_number(c.effect, '+')} (medians)"
+    return (f"{_format_number(c.effect, '+')} [{_format_number(c.low, '+')}, "
+            f"{_format_number(c.high, '+')}]")
 
 
-def _format_value(x: float) -> str:
-    """A whole number in full (an update count: 26000, not 2.6e+04); anything else to 3
-    significant digits."""
-    return f"{x:.0f}" if math.isfinite(x) and float(x).is_integer() else f"{x:.3g}"
+def _format_number(x: float, sign: str = "") -> str:
+    """3 significant digits, written out from 1000 up (update counts: 26000, not 2.6e+04)."""
+    rounded = float(f"{x:.3g}")
+    if math.isfinite(rounded) and abs(rounded) >= 1000:
+        return f"{rounded:{sign}.0f}"
+    return f"{x:{sign}.3g}"
 
 
 def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]],
@@ -345,7 +348,7 @@ def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRe
 
         def shown(values, diverged):
             text = (f"{sum(values)}/{len(values)}" if claim.test == "fisher" else
-                    ", ".join(_format_value(x) for x in values))
+                    ", ".join(_format_number(x) for x in values))
             return text + (f" (+{diverged} diverged)" if diverged else "")
         effect = "-" if comparison is None else _format_effect(comparison)
         test = "-" if comparison is None else f"{comparison.test}, {comparison.p:.2g}"

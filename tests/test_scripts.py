@@ -222,7 +222,8 @@ def test_claims_table_states_each_claim_with_its_statistics(tmp_path):
 
 def test_updates_to_a_target_count_from_the_records_and_show_in_full(tmp_path):
     root = str(tmp_path / "long")
-    for name, cell, errors in (("ln0", "lnlstm", [0.5, 0.3, 0.1]), ("ln1", "lnlstm", [0.2, 0.1, 0.1]),
+    for name, cell, errors in (("ln0", "lnlstm", [0.5, 0.3, 0.1]),
+                               ("ln1", "lnlstm", [0.2, 0.1, 0.1]),
                                ("lstm0", "lstm", [0.7, 0.6, 0.5]),
                                ("lstm1", "lstm", [0.7, 0.3, 0.2])):
         workdir = os.path.join(root, name)
@@ -240,6 +241,8 @@ def test_updates_to_a_target_count_from_the_records_and_show_in_full(tmp_path):
                                                                 "30% in fewer updates than LSTM"))
     row = tables.claims([claim], records).splitlines()[-1]
     assert "| 10000, 5000 | inf, 10000 | -inf (medians) | Mann-Whitney," in row
+    assert [tables._format_number(x, "+") for x in (-12134.5, 999.7, 1.2345)] == [
+        "-12100", "+1000", "+1.23"]
 
 
 def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
