@@ -12,7 +12,8 @@
              curves have flattened, for the long runs.
   long       Each variant at its rate from long_lr_search (LONG_RATES), 30k updates, seeds
              0-4, seed by seed so that every finished prefix is balanced (BN-everywhere, searched
-             last, comes last in each seed).
+             last, comes last in each seed; its committed records were added after the other
+             three variants' 5 seeds).
   hard       The four variants on the harder corpus (configs/attentive_reader.py:hard: 300+
              token passages, 240 units), 30k updates, seeds 0-2, each at its long-run rate
              (HARD_RATES; nothing searched on this corpus). Hours a run on 2 cores: a GPU's job.
@@ -43,7 +44,7 @@ LONG_UPDATES, LONG_EVAL_EVERY = 30_000, 500
 LONG_RATES = {"lnlstm": 1e-3, "lstm": 2e-3, "bnlstm": 2e-3, "bn_everywhere": 1e-3}
 LONG_SEEDS = (0, 1, 2, 3, 4)
 # The harder corpus has no search of its own (a GPU's job): each variant at its long-run rate.
-HARD_RATES = LONG_RATES
+HARD_RATES = dict(LONG_RATES)
 HARD_SEEDS = (0, 1, 2)
 
 BASE_CONFIG = "configs/attentive_reader.py"

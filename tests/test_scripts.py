@@ -243,6 +243,9 @@ def test_updates_to_a_target_count_from_the_records_and_show_in_full(tmp_path):
     assert "| 10000, 5000 | inf, 10000 | -inf (medians) | Mann-Whitney," in row
     assert [tables._format_number(x, "+") for x in (-12134.5, 999.7, 1.2345)] == [
         "-12100", "+1000", "+1.23"]
+    # An uncensored comparison of update counts: its interval is written out too.
+    assert tables._format_effect(stats.Comparison(100.0, -12134.0, 12300.4, 0.98, "Welch")) == \
+        "+100 [-12100, +12300]"
 
 
 def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
