@@ -95,10 +95,6 @@ def _epoch_staying_below(key: str, target: float) -> Callable[[metrics.RunRecord
     return measure
 
 
-def _reaches(key: str, target: float) -> Callable[[metrics.RunRecord], bool]:
-    return lambda run: tables.first_row_below(run, key, target + 1e-9, "step") is not None
-
-
 def _updates_to(key: str, target: float) -> Callable[[metrics.RunRecord], float]:
     """The first evaluated update at which `key` is at or below target; inf for a run that never
     gets there (known only to be later than its last update: tables.claims then compares ranks)."""
@@ -106,6 +102,11 @@ def _updates_to(key: str, target: float) -> Callable[[metrics.RunRecord], float]
         step = tables.first_row_below(run, key, target + 1e-9, "step")
         return math.inf if step is None else step
     return measure
+
+
+def _reaches(key: str, target: float) -> Callable[[metrics.RunRecord], bool]:
+    updates = _updates_to(key, target)
+    return lambda run: math.isfinite(updates(run))
 
 
 def _mnist(norm, bs):
