@@ -273,7 +273,8 @@ def gain(records: list[metrics.RunRecord]) -> str:
     return "\n".join(lines)
 
 
-TESTS = {"welch": stats.welch, "rank": stats.rank_test, "fisher": stats.fisher}
+TESTS = {"welch": stats.welch, "rank": stats.rank_test, "fisher": stats.fisher,
+         "logrank": stats.logrank}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,8 +343,9 @@ def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRe
             continue
         a, b = [claim.measure(r) for r in runs_a], [claim.measure(r) for r in runs_b]
         # A censored value (+-inf: known only to lie beyond every measured one) has a rank but
-        # no size, so it turns a t-test into a rank test.
-        censored = claim.test != "fisher" and not np.all(np.isfinite(a + b))
+        # no size, so it turns a t-test into a rank test. (The log-rank test takes censored
+        # times as they are.)
+        censored = claim.test == "welch" and not np.all(np.isfinite(a + b))
         comparison = TESTS["rank" if censored else claim.test](a, b)
 
         def shown(values, diverged):

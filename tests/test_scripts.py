@@ -7,6 +7,7 @@ checked to be written as PNGs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import pytest
@@ -188,6 +189,26 @@ def test_welch_and_fisher_match_hand_computed_values():
     assert stats.verdict(nan, -1) == "not settled"
 
 
+def test_logrank_matches_the_textbook_sums_and_takes_censored_times():
+    # A reaches its target at 1 and 2; B at 3 and never (inf). At each event time, with n at
+    # risk, n_a of them in A, and one event: E_a = n_a / n and V = (n_a / n)(1 - n_a / n).
+    # t=1: n=4, n_a=2 -> E 1/2, V 1/4; t=2: n=3, n_a=1 -> E 1/3, V 2/9; t=3: n_a=0 -> 0, 0.
+    observed_minus_expected, variance = 2 - (1 / 2 + 1 / 3), 1 / 4 + 2 / 9
+    chi2 = observed_minus_expected ** 2 / variance
+    r = stats.logrank([1, 2], [3, float("inf")])
+    assert r.test == "log-rank" and r.p == pytest.approx(math.erfc(math.sqrt(chi2 / 2)), rel=1e-9)
+    assert r.effect == 1.5 - float("inf") and stats.verdict(r, -1) == "not settled"
+    # No seed of either group got there: nothing to test.
+    none = stats.logrank([float("inf")] * 2, [float("inf")] * 3)
+    assert math.isnan(none.p) and none.effect == 0.0 and stats.verdict(none, -1) == "not settled"
+    tied = stats.logrank([5, 5], [5, 5])  # all at once: no variance, and no warning either
+    assert math.isnan(tied.p) and stats.verdict(tied, -1) == "not settled"
+    # Every A seed long before every B seed, 5 a side: the test separates them.
+    fast = stats.logrank([1, 2, 3, 4, 5], [10, 11, 12, float("inf"), float("inf")])
+    assert fast.p < 0.01 and stats.verdict(fast, -1) == "holds"
+    assert stats.logrank([1], [2, 3]) is None
+
+
 def test_claims_table_states_each_claim_with_its_statistics(tmp_path):
     root = str(tmp_path / "fig6")
     for seed, (ln, bn) in enumerate(((0.010, 0.020), (0.011, 0.022), (0.012, 0.021))):
@@ -240,7 +261,8 @@ def test_updates_to_a_target_count_from_the_records_and_show_in_full(tmp_path):
     claim = next(c for c in reports.CLAIMS if c.text.startswith("30k updates: LN-LSTM gets below "
                                                                 "30% in fewer updates than LSTM"))
     row = tables.claims([claim], records).splitlines()[-1]
-    assert "| 10000, 5000 | inf, 10000 | -inf (medians) | Mann-Whitney," in row
+    # Times to a target, some censored: the log-rank test.
+    assert "| 10000, 5000 | inf, 10000 | -inf (medians) | log-rank," in row
     assert [tables._format_number(x, "+") for x in (-12134.5, 999.7, 1.2345)] == [
         "-12100", "+1000", "+1.23"]
     # An uncensored comparison of update counts: its interval is written out too.
