@@ -99,7 +99,7 @@ def _updates_to(key: str, target: float) -> Callable[[metrics.RunRecord], float]
     """The first evaluated update at which `key` is at or below target; inf for a run that never
     gets there (known only to be later than its last update: tables.claims then compares ranks)."""
     def measure(run):
-        step = tables.first_row_below(run, key, target + 1e-9, "step")
+        step = tables.first_update_at_or_below(run, key, target)
         return math.inf if step is None else step
     return measure
 

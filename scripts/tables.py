@@ -43,6 +43,12 @@ def first_row_below(run: metrics.RunRecord, key: str, target: float, x: str) -> 
     return None
 
 
+def first_update_at_or_below(run: metrics.RunRecord, key: str, target: float) -> int | None:
+    """The first evaluated update at which `key` is at or below `target` (a validation error of
+    exactly 30% counts as 30%: the 1e-9 absorbs the float rounding of errors like 0.3), or None."""
+    return first_row_below(run, key, target + 1e-9, "step")
+
+
 def first_row_staying_below(run: metrics.RunRecord, key: str, target: float, x: str
                             ) -> int | None:
     """x of the row after which `key` stays below `target` to the end, or None. Unlike the first
@@ -206,7 +212,7 @@ def _validation_summary(runs: list[metrics.RunRecord], target: float):
     to `target` or below (None if never)."""
     best = [min(row["valid_error"] for row in run.rows) for run in runs]
     final = [run.rows[-1]["valid_error"] for run in runs]
-    reached = [first_row_below(run, "valid_error", target + 1e-9, "step") for run in runs]
+    reached = [first_update_at_or_below(run, "valid_error", target) for run in runs]
     return best, final, reached
 
 
