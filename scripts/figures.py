@@ -66,7 +66,10 @@ def seeds_label(label: str, runs: list, left_out: list = ()) -> str:
     return text + (f"; {len(left_out)} unfinished not shown)" if left_out else ")")
 
 
-def finish_axes(ax, x: str, ylabel: str, title: str = "", legend: bool = True) -> None:
+def finish_axes(ax, x: str, ylabel: str, title: str = "", legend: bool = True,
+                legend_below: bool = False) -> None:
+    """Labels, grid and legend. `legend_below` puts the legend under the axes, for panels whose
+    corners hold the labels of reference lines (draw_reference_lines)."""
     ax.set_xlabel(X_LABELS.get(x, x))
     ax.set_ylabel(ylabel)
     if title:
@@ -74,7 +77,9 @@ def finish_axes(ax, x: str, ylabel: str, title: str = "", legend: bool = True) -
     ax.grid(alpha=0.3)
     if legend:
         handles, _ = ax.get_legend_handles_labels()
-        ax.legend(handles=handles + [BAND], fontsize=7)
+        placement = (dict(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+                     if legend_below else {})
+        ax.legend(handles=handles + [BAND], fontsize=7, **placement)
 
 
 def save_figure(fig, records: list[metrics.RunRecord], out: str) -> str:
@@ -176,7 +181,7 @@ def reader(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[
                 draw_group(ax, runs, "valid_error", x, seeds_label(label, runs, left_out),
                            color, 100.0)
         draw_reference_lines(ax, reference_lines)
-        finish_axes(ax, x, "validation error (%)", legend=ax is axes[0, 0])
+        finish_axes(ax, x, "validation error (%)", legend=ax is axes[0, 0], legend_below=True)
     fig.suptitle(title or "Attentive reader, synthetic cloze corpus (cf. Ba et al. 2016, Fig. 2)")
     return save_figure(fig, records, out)
 
@@ -194,5 +199,6 @@ def gain(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[st
                    seeds_label(f"LN-LSTM, gain init {value:g}", runs, left_out), color, 100.0)
     draw_reference_lines(ax, reference_lines)
     finish_axes(ax, "step", "validation error (%)",
-                "Attentive reader, synthetic cloze corpus: LN gain initialization")
+                "Attentive reader, synthetic cloze corpus: LN gain initialization",
+                legend_below=True)
     return save_figure(fig, records, out)
