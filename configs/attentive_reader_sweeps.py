@@ -12,8 +12,7 @@
              curves have flattened, for the long runs.
   long       Each variant at its rate from long_lr_search (LONG_RATES), 30k updates, seeds
              0-4, seed by seed so that every finished prefix is balanced (BN-everywhere, searched
-             last, comes last in each seed; its committed records were added after the other
-             three variants' 5 seeds).
+             last, comes last in each seed).
   hard       The four variants on the harder corpus (configs/attentive_reader.py:hard: 300+
              token passages, 240 units), 30k updates, seeds 0-2, each at its long-run rate
              (HARD_RATES; nothing searched on this corpus). Hours a run on 2 cores: a GPU's job.
