@@ -270,6 +270,30 @@ def test_updates_to_a_target_count_from_the_records_and_show_in_full(tmp_path):
         "+100 [-12100, +12300]"
 
 
+def test_batch_4_claims_also_compare_the_last_10_epochs_mean(tmp_path):
+    root = str(tmp_path / "fig6")
+    # LN steady at 2% and 2.1%; BN at 1.5% but for one swing to 6.5% in its last epochs, and one seed
+    # that ends on a low epoch after a run of high ones.
+    curves = {"ln0": ("layer", [0.02] * 12), "ln1": ("layer", [0.021] * 12),
+              "bn0": ("batch", [0.015] * 11 + [0.065]),
+              "bn1": ("batch", [0.015] + [0.04] * 10 + [0.015])}
+    for name, (norm, errors) in curves.items():
+        workdir = os.path.join(root, name)
+        metrics.write_config(workdir, {"norm": norm, "batch_size": 4, "num_epochs": 12})
+        for i, error in enumerate(errors):
+            metrics.append_metrics(workdir, {"round": i, "num_rounds": 12, "epoch": i + 1,
+                                             "test_error": error})
+    records = {"fig6": metrics.load_runs(root)}
+    measure, _ = reports.TEST_ERROR_LAST_10
+    # Only the last 10 epochs count, each with the same weight.
+    assert sorted(round(measure(r), 6) for r in records["fig6"]) == [2.0, 2.0, 2.1, 3.75]
+    final, last_10 = (next(c for c in reports.CLAIMS if c.text == text) for text in (
+        "bs 4: LN ends with lower test error than BN",
+        "bs 4: LN's test error over the last 10 epochs is lower than BN's"))
+    assert "| 2, 2.1 | 6.5, 1.5 |" in tables.claims([final], records)
+    assert "| 2, 2.1 | 2, 3.75 |" in tables.claims([last_10], records)
+
+
 def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
     """Stands in for scripts.reproduce.run_sweep: writes a short finished record per run, with
     the config its run would record."""
