@@ -63,7 +63,7 @@ PROFILES = {
                      sweeps=("fig6", "fig2"), records_root="runs/quick/records",
                      workdir_root="runs/quick/workdirs", out_dir="runs/quick",
                      # The claims and runtimes are about the paper-length runs.
-                     skip=("claims table", "runtimes table")),
+                     skip=("claims table", "seeds to settle table", "runtimes table")),
     # The open questions in order: the reader to the end of training; the fair learning-rate
     # search before Fig. 6's 10 seeds (a changed rate means re-running Fig. 6); BN's controls;
     # the ablation; the reader at 6000 updates; Fig. 6's batch-128 runs at the short search's
@@ -291,6 +291,10 @@ class Figure:
     finished_only: bool = False
 
 
+CLAIM_SOURCES = ("fig6", "fig6_short_search", "fig2", "reader_long", "bn_controls", "batch_sizes",
+                 "reader_hard")
+
+
 def _all(records: dict[str, list]) -> list[metrics.RunRecord]:
     return [r for runs in records.values() for r in runs]
 
@@ -320,8 +324,9 @@ TABLES = (
     Table("reader hard table", ("reader_hard",), lambda r: tables.reader_long(r["reader_hard"])),
     Table("claims table", (), lambda r: tables.claims(CLAIMS, r, {
         name: f"results/{source.directory}/" for name, source in FULL_SOURCES.items()}),
-          optional=("fig6", "fig6_short_search", "fig2", "reader_long", "bn_controls",
-                    "batch_sizes", "reader_hard")),
+          optional=CLAIM_SOURCES),
+    Table("seeds to settle table", (), lambda r: tables.seeds_to_settle(CLAIMS, r),
+          optional=CLAIM_SOURCES),
     Table("runtimes table", (), lambda r: tables.runtimes(r, RUNTIMES),
           optional=tuple(dict.fromkeys(source for _, source, _ in RUNTIMES))),
 )

@@ -3,7 +3,8 @@
 Seeds are the unit of replication: each run contributes one number (its final error, the epoch
 it got somewhere, ...). Two settings are compared with Welch's t-test (unequal variances) on
 those numbers, a "reaches X within N" outcome with Fisher's exact test, and the time a seed
-takes to reach X (with the seeds that never do censored) with the log-rank test.
+takes to reach X (with the seeds that never do censored) with the log-rank test. For a claim
+the t-test leaves open, seeds_for_power estimates how many seeds would settle it.
 """
 
 from __future__ import annotations
@@ -102,6 +103,26 @@ def fisher(hits_a: Sequence[bool], hits_b: Sequence[bool]) -> Comparison:
     p = stats.fisher_exact(table).pvalue
     effect = a / len(hits_a) - b / len(hits_b)
     return Comparison(effect, float("nan"), float("nan"), float(p), "Fisher")
+
+
+def seeds_for_power(a: Sequence[float], b: Sequence[float], power: float = 0.8,
+                    most: int = 10_000) -> int | None:
+    """The seeds per side at which Welch's test would reach p < ALPHA with probability `power`
+    if the true means and standard deviations were the observed ones: a guide to what would
+    settle a claim, not a promise (the observed effect of a few seeds is itself uncertain).
+    None when the observed effect is 0 or needs more than `most` seeds."""
+    effect = abs(float(np.mean(a) - np.mean(b)))
+    var_a, var_b = np.var(a, ddof=1), np.var(b, ddof=1)
+    if effect == 0 or var_a + var_b == 0:
+        return None
+    n = np.arange(2, most + 1)
+    # The t statistic of n seeds a side is noncentral t, with the Welch-Satterthwaite degrees
+    # of freedom of equal group sizes; power counts rejections in either direction.
+    df = (n - 1) * (var_a + var_b) ** 2 / (var_a ** 2 + var_b ** 2)
+    shift = effect / np.sqrt((var_a + var_b) / n)
+    critical = stats.t.ppf(1 - ALPHA / 2, df)
+    reached = stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift) >= power
+    return int(n[reached.argmax()]) if reached.any() else None
 
 
 def verdict(comparison: Comparison | None, claimed_sign: int) -> str:

@@ -333,6 +333,21 @@ def _format_number(x: float, sign: str = "") -> str:
     return f"{x:{sign}.3g}"
 
 
+def _compare(claim: Claim, records: Mapping[str, list[metrics.RunRecord]]):
+    """(A's per-seed values, B's, A's diverged runs, B's, the test's Comparison or None), or None
+    when either group has no finished run."""
+    runs_a, diverged_a = _select(records.get(claim.source, []), claim.a)
+    runs_b, diverged_b = _select(records.get(claim.b_source or claim.source, []), claim.b)
+    if not runs_a or not runs_b:
+        return None
+    a, b = [claim.measure(r) for r in runs_a], [claim.measure(r) for r in runs_b]
+    # A censored value (+-inf: known only to lie beyond every measured one) has a rank but no
+    # size, so it turns a t-test into a rank test. (The log-rank test takes censored times as
+    # they are.)
+    censored = claim.test == "welch" and not np.all(np.isfinite(a + b))
+    return a, b, diverged_a, diverged_b, TESTS["rank" if censored else claim.test](a, b)
+
+
 def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]],
            directories: Mapping[str, str] | None = None) -> str:
     """One row per claim: the two groups' per-seed values, A - B with its 95% interval, the test
@@ -343,16 +358,10 @@ def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRe
     lines = ["| claim | measured | A (per seed) | B (per seed) | A - B [95% CI] | test, p | "
              "verdict | records |", "|---|---|---|---|---|---|---|---|"]
     for claim in claim_list:
-        runs_a, diverged_a = _select(records.get(claim.source, []), claim.a)
-        runs_b, diverged_b = _select(records.get(claim.b_source or claim.source, []), claim.b)
-        if not runs_a or not runs_b:
+        compared = _compare(claim, records)
+        if compared is None:
             continue
-        a, b = [claim.measure(r) for r in runs_a], [claim.measure(r) for r in runs_b]
-        # A censored value (+-inf: known only to lie beyond every measured one) has a rank but
-        # no size, so it turns a t-test into a rank test. (The log-rank test takes censored
-        # times as they are.)
-        censored = claim.test == "welch" and not np.all(np.isfinite(a + b))
-        comparison = TESTS["rank" if censored else claim.test](a, b)
+        a, b, diverged_a, diverged_b, comparison = compared
 
         def shown(values, diverged):
             text = (f"{sum(values)}/{len(values)}" if claim.test == "fisher" else
@@ -365,6 +374,30 @@ def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRe
         lines.append(f"| {claim.text} | {claim.measured} | {shown(a, diverged_a)} | "
                      f"{shown(b, diverged_b)} | {effect} | {test} | "
                      f"**{stats.verdict(comparison, claim.sign)}** | {rests_on} |")
+    return "\n".join(lines)
+
+
+def seeds_to_settle(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]],
+                    power: float = 0.8) -> str:
+    """One row per claim that Welch's test leaves not settled: the seeds it has, and the seeds
+    per side at which the test would settle it with probability `power` if the observed means
+    and spreads were the truth (stats.seeds_for_power). Claims tested on ranks, times or counts
+    are left out, as this estimate is for the t-test."""
+    lines = ["| claim | measured | seeds (A, B) | A - B | std (A, B) | "
+             f"seeds per side for {power:.0%} power |", "|---|---|---|---|---|---|"]
+    for claim in claim_list:
+        compared = _compare(claim, records)
+        if compared is None:
+            continue
+        a, b, _, _, comparison = compared
+        if (comparison is None or comparison.test != "Welch"
+                or stats.verdict(comparison, claim.sign) != "not settled"):
+            continue
+        needed = stats.seeds_for_power(a, b, power)
+        spreads = ", ".join(_format_number(float(np.std(x, ddof=1))) for x in (a, b))
+        lines.append(f"| {claim.text} | {claim.measured} | {len(a)}, {len(b)} | "
+                     f"{_format_number(comparison.effect, '+')} | {spreads} | "
+                     f"{needed or ('-' if comparison.effect == 0 else 'over 10000')} |")
     return "\n".join(lines)
 
 

@@ -189,6 +189,40 @@ def test_welch_and_fisher_match_hand_computed_values():
     assert stats.verdict(nan, -1) == "not settled"
 
 
+def test_seeds_for_power_matches_the_textbook_table():
+    # Two groups with standard deviation 1 whose means differ by Cohen's d: the classic sample
+    # sizes per group for a two-sided t-test at alpha 0.05 and 80% power (Cohen 1988).
+    unit = [math.sqrt(0.5), -math.sqrt(0.5)]
+    for d, seeds in ((0.2, 394), (0.5, 64), (0.8, 26)):
+        assert stats.seeds_for_power([x + d for x in unit], unit) == seeds
+    # More power, more seeds; no difference or no spread has no answer.
+    assert stats.seeds_for_power([x + 0.5 for x in unit], unit, power=0.9) == 86
+    assert stats.seeds_for_power(unit, unit) is None
+    assert stats.seeds_for_power([1.0, 1.0], [2.0, 2.0]) is None
+    assert stats.seeds_for_power([x + 1e-3 for x in unit], unit, most=100) is None
+
+
+def test_seeds_to_settle_lists_the_open_t_test_claims_only(tmp_path):
+    root = str(tmp_path / "fig6")
+    values = {"layer": (1.0, 1.2, 1.1), "batch": (1.1, 1.3, 1.15), "none": (3.0, 3.1, 3.2)}
+    for norm, per_seed in values.items():
+        for seed, value in enumerate(per_seed):
+            workdir = os.path.join(root, f"{norm}{seed}")
+            metrics.write_config(workdir, {"norm": norm, "seed": seed, "num_epochs": 1})
+            metrics.append_metrics(workdir, {"round": 0, "num_rounds": 1, "x": value})
+    records = {"fig6": metrics.load_runs(root)}
+
+    def claim(text, other, measure=lambda run: run.rows[-1]["x"]):
+        return tables.Claim(text, "fig6", {"norm": "layer"}, {"norm": other}, measure, "x", -1)
+    open_claim = claim("LN below BN", "batch")
+    settled = claim("LN below none", "none")
+    censored = claim("LN below BN, censored", "batch",
+                     lambda run: math.inf if run.config["norm"] == "batch" else 1.0)
+    rows = tables.seeds_to_settle([open_claim, settled, censored], records).splitlines()[2:]
+    # Cohen's d of 0.0833 / 0.102 = 0.82: about 25 seeds a side, as in the textbook table.
+    assert rows == ["| LN below BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 |"]
+
+
 def test_logrank_matches_the_textbook_sums_and_takes_censored_times():
     # A reaches its target at 1 and 2; B at 3 and never (inf). At each event time, with n at
     # risk, n_a of them in A, and one event: E_a = n_a / n and V = (n_a / n)(1 - n_a / n).
