@@ -90,7 +90,10 @@ def _mean_of_last(key: str, rows: int, scale: float = 100.0
                   ) -> Callable[[metrics.RunRecord], float]:
     """The mean over the last `rows` evaluations: where a curve swings from epoch to epoch (BN's
     test error at batch 4), one epoch's value says more about the swing than about the run."""
-    return lambda run: scale * sum(row[key] for row in run.rows[-rows:]) / len(run.rows[-rows:])
+    def measure(run):
+        last = [row[key] for row in run.rows[-rows:]]
+        return scale * sum(last) / len(last)
+    return measure
 
 
 def _epoch_staying_below(key: str, target: float) -> Callable[[metrics.RunRecord], float]:

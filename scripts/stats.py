@@ -105,16 +105,26 @@ def fisher(hits_a: Sequence[bool], hits_b: Sequence[bool]) -> Comparison:
     return Comparison(effect, float("nan"), float("nan"), float(p), "Fisher")
 
 
+MOST_SEEDS = 10_000  # where seeds_for_power stops looking
+
+
 def seeds_for_power(a: Sequence[float], b: Sequence[float], power: float = 0.8,
-                    most: int = 10_000) -> int | None:
-    """The seeds per side at which Welch's test would reach p < ALPHA with probability `power`
-    if the true means and standard deviations were the observed ones: a guide to what would
-    settle a claim, not a promise (the observed effect of a few seeds is itself uncertain).
-    None when the observed effect is 0 or needs more than `most` seeds."""
+                    most: int = MOST_SEEDS) -> int | None:
+    """The seeds per side at which Welch's test would reach p < ALPHA (in either direction) with
+    probability `power` if the true means and standard deviations were the observed ones: a
+    guide to what would settle a claim, not a promise (the observed effect of a few seeds is
+    itself uncertain, and the t-test assumes roughly normal values). 2 for two distinct
+    constants, which any seeds tell apart; None when the means are equal or it needs more than
+    `most` seeds. Needs 2 seeds a side, for their spreads."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"seeds_for_power needs 2 seeds a side for their spreads, got "
+                         f"{len(a)} and {len(b)}")
     effect = abs(float(np.mean(a) - np.mean(b)))
     var_a, var_b = np.var(a, ddof=1), np.var(b, ddof=1)
-    if effect == 0 or var_a + var_b == 0:
+    if effect == 0:
         return None
+    if var_a + var_b == 0:
+        return 2
     n = np.arange(2, most + 1)
     # The t statistic of n seeds a side is noncentral t, with the Welch-Satterthwaite degrees
     # of freedom of equal group sizes; power counts rejections in either direction.

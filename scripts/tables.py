@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -333,9 +333,18 @@ def _format_number(x: float, sign: str = "") -> str:
     return f"{x:{sign}.3g}"
 
 
-def _compare(claim: Claim, records: Mapping[str, list[metrics.RunRecord]]):
-    """(A's per-seed values, B's, A's diverged runs, B's, the test's Comparison or None), or None
-    when either group has no finished run."""
+class Compared(NamedTuple):
+    """A claim's two groups of per-seed values, their diverged runs, and the test's result (None
+    under 2 seeds a side)."""
+    a: list
+    b: list
+    diverged_a: int
+    diverged_b: int
+    comparison: stats.Comparison | None
+
+
+def _compare(claim: Claim, records: Mapping[str, list[metrics.RunRecord]]) -> Compared | None:
+    """The claim's groups compared on its measure; None when either has no finished run."""
     runs_a, diverged_a = _select(records.get(claim.source, []), claim.a)
     runs_b, diverged_b = _select(records.get(claim.b_source or claim.source, []), claim.b)
     if not runs_a or not runs_b:
@@ -345,7 +354,8 @@ def _compare(claim: Claim, records: Mapping[str, list[metrics.RunRecord]]):
     # size, so it turns a t-test into a rank test. (The log-rank test takes censored times as
     # they are.)
     censored = claim.test == "welch" and not np.all(np.isfinite(a + b))
-    return a, b, diverged_a, diverged_b, TESTS["rank" if censored else claim.test](a, b)
+    return Compared(a, b, diverged_a, diverged_b,
+                    TESTS["rank" if censored else claim.test](a, b))
 
 
 def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]],
@@ -379,25 +389,32 @@ def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRe
 
 def seeds_to_settle(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]],
                     power: float = 0.8) -> str:
-    """One row per claim that Welch's test leaves not settled: the seeds it has, and the seeds
-    per side at which the test would settle it with probability `power` if the observed means
-    and spreads were the truth (stats.seeds_for_power). Claims tested on ranks, times or counts
-    are left out, as this estimate is for the t-test."""
+    """One row per claim that Welch's test leaves not settled: the seeds it has, the seeds per
+    side at which the test would settle it with probability `power` if the observed means and
+    spreads were the truth (stats.seeds_for_power), and which verdict the observed difference
+    points to. Claims tested with the rank, log-rank or Fisher test are left out: the estimate
+    is for the t-test."""
     lines = ["| claim | measured | seeds (A, B) | A - B | std (A, B) | "
-             f"seeds per side for {power:.0%} power |", "|---|---|---|---|---|---|"]
+             f"seeds per side for {power:.0%} power | would settle as |",
+             "|---|---|---|---|---|---|---|"]
     for claim in claim_list:
         compared = _compare(claim, records)
-        if compared is None:
+        if compared is None or compared.comparison is None:
             continue
-        a, b, _, _, comparison = compared
-        if (comparison is None or comparison.test != "Welch"
-                or stats.verdict(comparison, claim.sign) != "not settled"):
+        effect = compared.comparison.effect
+        if (compared.comparison.test != "Welch"
+                or stats.verdict(compared.comparison, claim.sign) != "not settled"):
             continue
-        needed = stats.seeds_for_power(a, b, power)
-        spreads = ", ".join(_format_number(float(np.std(x, ddof=1))) for x in (a, b))
-        lines.append(f"| {claim.text} | {claim.measured} | {len(a)}, {len(b)} | "
-                     f"{_format_number(comparison.effect, '+')} | {spreads} | "
-                     f"{needed or ('-' if comparison.effect == 0 else 'over 10000')} |")
+        needed = stats.seeds_for_power(compared.a, compared.b, power)
+        if needed is None:
+            needed = "-" if effect == 0 else f"over {stats.MOST_SEEDS}"
+        spreads = ", ".join(_format_number(float(np.std(x, ddof=1)))
+                            for x in (compared.a, compared.b))
+        direction = ("-" if effect == 0 else
+                     "holds" if np.sign(effect) == claim.sign else "does not hold")
+        lines.append(f"| {claim.text} | {claim.measured} | {len(compared.a)}, "
+                     f"{len(compared.b)} | {_format_number(effect, '+')} | {spreads} | "
+                     f"{needed} | {direction} |")
     return "\n".join(lines)
 
 

@@ -198,8 +198,11 @@ def test_seeds_for_power_matches_the_textbook_table():
     # More power, more seeds; no difference or no spread has no answer.
     assert stats.seeds_for_power([x + 0.5 for x in unit], unit, power=0.9) == 86
     assert stats.seeds_for_power(unit, unit) is None
-    assert stats.seeds_for_power([1.0, 1.0], [2.0, 2.0]) is None
     assert stats.seeds_for_power([x + 1e-3 for x in unit], unit, most=100) is None
+    # Two distinct constants: any 2 seeds tell them apart. One seed has no spread to go on.
+    assert stats.seeds_for_power([1.0, 1.0], [2.0, 2.0]) == 2
+    with pytest.raises(ValueError, match="2 seeds a side"):
+        stats.seeds_for_power([1.0], unit)
 
 
 def test_seeds_to_settle_lists_the_open_t_test_claims_only(tmp_path):
@@ -218,9 +221,13 @@ def test_seeds_to_settle_lists_the_open_t_test_claims_only(tmp_path):
     settled = claim("LN below none", "none")
     censored = claim("LN below BN, censored", "batch",
                      lambda run: math.inf if run.config["norm"] == "batch" else 1.0)
-    rows = tables.seeds_to_settle([open_claim, settled, censored], records).splitlines()[2:]
-    # Cohen's d of 0.0833 / 0.102 = 0.82: about 25 seeds a side, as in the textbook table.
-    assert rows == ["| LN below BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 |"]
+    reversed_claim = dataclasses.replace(open_claim, text="LN above BN", sign=+1)
+    rows = tables.seeds_to_settle([open_claim, settled, censored, reversed_claim],
+                                  records).splitlines()[2:]
+    # Cohen's d of 0.0833 / 0.102 = 0.82: about 25 seeds a side, as in the textbook table; the
+    # observed difference points to the verdict those seeds would likely give.
+    assert rows == ["| LN below BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 | holds |",
+                    "| LN above BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 | does not hold |"]
 
 
 def test_logrank_matches_the_textbook_sums_and_takes_censored_times():
