@@ -395,7 +395,7 @@ def seeds_to_settle(claim_list: Sequence[Claim], records: Mapping[str, list[metr
     points to. Claims tested with the rank, log-rank or Fisher test are left out: the estimate
     is for the t-test."""
     lines = ["| claim | measured | seeds (A, B) | A - B | std (A, B) | "
-             f"seeds per side for {power:.0%} power | would settle as |",
+             f"seeds per side for {power:.0%} power | the difference points to |",
              "|---|---|---|---|---|---|---|"]
     for claim in claim_list:
         compared = _compare(claim, records)
