@@ -313,8 +313,8 @@ def test_updates_to_a_target_count_from_the_records_and_show_in_full(tmp_path):
 
 def test_batch_4_claims_also_compare_the_last_10_epochs_mean(tmp_path):
     root = str(tmp_path / "fig6")
-    # LN steady at 2% and 2.1%; BN at 1.5% but for one swing to 6.5% in its last epochs, and one seed
-    # that ends on a low epoch after a run of high ones.
+    # LN steady at 2% and 2.1%; BN at 1.5% but for one swing to 6.5% in its last epoch, and one
+    # seed that ends on a low epoch after a run of high ones.
     curves = {"ln0": ("layer", [0.02] * 12), "ln1": ("layer", [0.021] * 12),
               "bn0": ("batch", [0.015] * 11 + [0.065]),
               "bn1": ("batch", [0.015] + [0.04] * 10 + [0.015])}
