@@ -156,6 +156,64 @@ def batch_sizes(records: list[metrics.RunRecord], out: str) -> str:
     return save_figure(fig, records, out)
 
 
+def learning_rates(records: list[metrics.RunRecord], out: str) -> str:
+    """The learning-rate search as curves: final validation error against the rate per norm, one
+    panel per batch size, each spanning every rate searched. Each seed is a dot, the line joins
+    the means of the rates at which no seed diverged, the chosen rate
+    (tables.mnist_learning_rates) is ringed, and a rate at which a seed diverged is an x along
+    the top."""
+    done = [r for r in records if r.done]
+    if not done:
+        raise ValueError("no finished or diverged runs in these records; run the lr_search_full "
+                         "sweep first.")
+    _, chosen = tables.mnist_learning_rates(done)
+    groups = metrics.group_runs(done, ("norm", "batch_size", "learning_rate"))
+    sizes = sorted({bs for _, bs, _ in groups}, reverse=True)
+    # Every panel spans every rate searched, so that a search under way shows what is left.
+    grid = sorted({lr for _, _, lr in groups})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.5), squeeze=False,
+                             sharey=True)
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    for ax, bs in zip(axes[0], sizes):
+        for norm in [n for n in NORMS if any(k[:2] == (n, bs) for k in groups)]:
+            label, color = NORMS[norm]
+            rates = sorted(lr for n, b, lr in groups if (n, b) == (norm, bs))
+            means, seeds = [], set()
+            for lr in rates:
+                runs = groups[(norm, bs, lr)]
+                seeds.add(len(runs))
+                if any(r.diverged for r in runs):
+                    ax.plot([lr], [0.97], "x", color=color, transform=ax.get_xaxis_transform())
+                    continue
+                errors = [100 * r.rows[-1]["valid_error"] for r in runs]
+                ax.plot([lr] * len(errors), errors, ".", color=color, alpha=0.5)
+                means.append((lr, float(np.mean(errors))))
+            counts = "-".join(map(str, sorted({min(seeds), max(seeds)})))
+            xs, ys = zip(*means) if means else ((), ())  # () when every rate diverged
+            ax.plot(xs, ys, "-", marker="_", markersize=10, color=color,
+                    label=f"{label} ({counts} seed{'s' * (counts != '1')} per rate)")
+            if (norm, bs) in chosen:
+                ax.plot([chosen[(norm, bs)]], [dict(means)[chosen[(norm, bs)]]], "o",
+                        markersize=11, markerfacecolor="none", color=color)
+        ax.set_xscale("log")
+        ax.set_xlim(grid[0] / 1.5, grid[-1] * 1.5)
+        ax.set_xticks(grid, [f"{lr:g}" for lr in grid], rotation=45, fontsize=7)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.set_xlabel("learning rate (Adam)")
+        ax.set_ylabel("final validation error (%, log)")
+        epochs = sorted({r.num_rounds for (_, b, _), runs in groups.items() if b == bs
+                         for r in runs})
+        ax.set_title(f"batch size {bs}, {', '.join(map(str, epochs))} epochs")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, title="dots: seeds; line: mean; ringed: chosen; x: diverged",
+                  title_fontsize=7)
+    fig.suptitle("Permutation-invariant MNIST: learning-rate search, chosen on validation error")
+    return save_figure(fig, records, out)
+
+
 def draw_reference_lines(ax, lines: Mapping[str, float]) -> None:
     """Horizontal lines for chance and the corpus's shallow baselines (errors in [0, 1])."""
     for i, (label, error) in enumerate(lines.items()):

@@ -337,6 +337,8 @@ FIGURES = (
     Figure("pi_mnist_fig6.png", ("fig6",), lambda r, out: figures.fig6(r["fig6"], out)),
     Figure("pi_mnist_fig6_wallclock.png", ("fig6",),
            lambda r, out: figures.fig6(r["fig6"], out, x="minutes")),
+    Figure("pi_mnist_lr_search.png", ("mnist_lr_full",),
+           lambda r, out: figures.learning_rates(r["mnist_lr_full"], out)),
     Figure("pi_mnist_batch_sizes.png", ("batch_sizes",),
            lambda r, out: figures.batch_sizes(r["batch_sizes"], out), finished_only=True),
     Figure("attentive_reader_fig2.png", ("fig2",), lambda r, out: figures.reader(

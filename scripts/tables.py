@@ -139,13 +139,24 @@ def bn_controls(controls: list[metrics.RunRecord], reference: list[metrics.RunRe
     return "\n".join(lines)
 
 
+def diverged_at(run: metrics.RunRecord) -> str:
+    """Where a diverged run stopped: 'epoch 12', or 'updates 1000-1500' for the reader (the round
+    whose steps or evaluation went non-finite)."""
+    round_index = run.diverged["round"]
+    if "num_epochs" in run.config:
+        return f"epoch {round_index + 1}"
+    every = run.config["eval_every"]
+    return f"updates {round_index * every}-{(round_index + 1) * every}"
+
+
 def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
-    """Final validation error per (norm, batch size, learning rate), mean over its finished
-    seeds, and the rate chosen for each (norm, batch size): the lowest validation error, a tie
-    (errors count whole examples, so two rates can tie exactly) going to the lower validation
-    NLL (test data is not looked at). The Chosen line says of how many rates, so that a search
-    still under way does not read as finished."""
-    groups = metrics.group_runs([r for r in records if r.finished],
+    """Final validation error per (norm, batch size, learning rate), mean over its seeds, and the
+    rate chosen for each (norm, batch size): the lowest validation error, a tie (errors count
+    whole examples, so two rates can tie exactly) going to the lower validation NLL (test data
+    is not looked at). A rate at which any seed diverged is listed as such and never chosen. The
+    Chosen line says of how many rates, so that a search still under way does not read as
+    finished."""
+    groups = metrics.group_runs([r for r in records if r.done],
                                 ("norm", "batch_size", "learning_rate"))
     best: dict[tuple, tuple[float, tuple[float, float]]] = {}
     rates_seen: dict[tuple, int] = {}
@@ -154,21 +165,27 @@ def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
     for (norm, bs, lr), runs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0],
                                                                         kv[0][2])):
         runs = sorted(runs, key=lambda r: r.config.get("seed", 0))
-        errors = [r.rows[-1]["valid_error"] for r in runs]
-        error = float(np.mean(errors))
+        rates_seen[(norm, bs)] = rates_seen.get((norm, bs), 0) + 1
+        per_seed = ", ".join(f"diverged ({diverged_at(r)})" if r.diverged
+                             else f"{100 * r.rows[-1]['valid_error']:.2f}" for r in runs)
+        if any(r.diverged for r in runs):
+            lines.append(f"| {bs} | {norm} | {lr:g} | {runs[0].num_rounds} | {len(runs)} | "
+                         f"diverged | {per_seed} |")
+            continue
+        error = float(np.mean([r.rows[-1]["valid_error"] for r in runs]))
         # Rounded, so that equal counts of errors tie whatever the float sums' last bits.
         rank = (round(error, 9), float(np.mean([r.rows[-1]["valid_nll"] for r in runs])))
         lines.append(f"| {bs} | {norm} | {lr:g} | {len(runs[0].rows)} | {len(runs)} | "
-                     f"{100 * error:.2f} | {', '.join(f'{100 * e:.2f}' for e in errors)} |")
-        rates_seen[(norm, bs)] = rates_seen.get((norm, bs), 0) + 1
+                     f"{100 * error:.2f} | {per_seed} |")
         if (norm, bs) not in best or rank < best[(norm, bs)][1]:
             best[(norm, bs)] = (lr, rank)
     chosen = {key: lr for key, (lr, _) in best.items()}
     lines.append("")
     lines.append("Chosen: " + ", ".join(
-        f"{norm} at batch {bs}: {lr:g} (best of {rates_seen[(norm, bs)]} "
-        f"rate{'s' if rates_seen[(norm, bs)] > 1 else ''})"
-        for (norm, bs), lr in sorted(chosen.items())))
+        f"{norm} at batch {bs}: " + (f"{chosen[(norm, bs)]:g}" if (norm, bs) in chosen
+                                     else "none (every rate diverged)")
+        + f" (best of {count} rate{'s' if count > 1 else ''})"
+        for (norm, bs), count in sorted(rates_seen.items())))
     return "\n".join(lines), chosen
 
 
@@ -248,18 +265,21 @@ def reader_long(records: list[metrics.RunRecord]) -> str:
 
 def reader_learning_rates(records: list[metrics.RunRecord]) -> str:
     """Validation error (%) per (variant, learning rate): final and best (one finished seed
-    each)."""
-    groups = metrics.group_runs([r for r in records if r.finished],
+    each). A rate whose run diverged says where, with the best error before it."""
+    groups = metrics.group_runs([r for r in records if r.done],
                                 ("cell", "bn_everywhere", "learning_rate"))
     lines = ["| variant | learning rate | updates | final validation error (%) | best (%) |",
              "|---|---|---|---|---|"]
     order = list(READER_LABELS)
     for (cell, everywhere, lr), runs in sorted(
             groups.items(), key=lambda kv: (order.index(kv[0][:2]), kv[0][2])):
-        errors = [row["valid_error"] for row in runs[0].rows]
+        run = runs[0]
+        errors = [row["valid_error"] for row in run.rows if row.get("valid_error") is not None]
+        final = (f"diverged ({diverged_at(run)})" if run.diverged
+                 else f"{100 * errors[-1]:.1f}")
+        best = f"{100 * min(errors):.1f}" if errors else "-"
         lines.append(f"| {READER_LABELS[(cell, everywhere)]} | {lr:g} | "
-                     f"{runs[0].rows[-1]['step']} | {100 * errors[-1]:.1f} | "
-                     f"{100 * min(errors):.1f} |")
+                     f"{run.config['num_updates']} | {final} | {best} |")
     return "\n".join(lines)
 
 

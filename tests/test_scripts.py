@@ -367,6 +367,7 @@ def test_reproduce_builds_every_figure_and_table_from_the_sweeps(tmp_path, monke
     expected = {"pi_mnist_fig6.png", "pi_mnist_fig6_wallclock.png", "attentive_reader_fig2.png"}
     if profile == "full":
         expected |= {"attentive_reader_gain.png", "pi_mnist_batch_sizes.png",
+                     "pi_mnist_lr_search.png",
                      "attentive_reader_long.png", "attentive_reader_hard.png"}
     assert {f for f in os.listdir(plan.out_dir) if f.endswith(".png")} == expected
     for name in expected:
@@ -411,6 +412,44 @@ def test_learning_rate_table_says_how_many_rates_each_choice_is_the_best_of():
     assert tables.mnist_learning_rates(tied)[1] == {("batch", 128): 1e-4}
     assert text.endswith("Chosen: layer at batch 128: 0.003 (best of 2 rates), "
                          "none at batch 128: 0.001 (best of 1 rate)")
+
+
+def test_a_diverged_rate_is_listed_drawn_and_never_chosen(tmp_path):
+    """A diverged seed must not vanish from the search (its rate would then rest on the seeds
+    that survived), nor win it."""
+    from lnrepro import metrics
+    from scripts import tables
+
+    def record(norm, lr, seed, error, diverged_round=None):
+        config = {"norm": norm, "batch_size": 4, "learning_rate": lr, "seed": seed,
+                  "num_epochs": 2}
+        rows = [{"round": i, "epoch": i + 1, "valid_error": error, "valid_nll": 0.1}
+                for i in range(2 if diverged_round is None else diverged_round)]
+        diverged = (None if diverged_round is None else
+                    {"round": diverged_round, "key": "train_loss", "value": "nan"})
+        return metrics.RunRecord(f"{norm}_{lr}_{seed}", config, rows, diverged=diverged)
+
+    records = [record("none", 1e-4, 0, 0.02), record("none", 1e-4, 1, 0.022),
+               # The lowest error of the search, but its other seed diverged.
+               record("none", 3e-3, 0, 0.01), record("none", 3e-3, 1, 0.0, diverged_round=1),
+               record("batch", 3e-3, 0, 0.0, diverged_round=0)]
+    text, chosen = tables.mnist_learning_rates(records)
+    assert chosen == {("none", 4): 1e-4}
+    assert "| 4 | none | 0.003 | 2 | 2 | diverged | 1.00, diverged (epoch 2) |" in text
+    assert "| 4 | batch | 0.003 | 2 | 1 | diverged | diverged (epoch 1) |" in text
+    assert text.endswith("Chosen: batch at batch 4: none (every rate diverged) (best of 1 rate), "
+                         "none at batch 4: 0.0001 (best of 2 rates)")
+    assert _is_png(figures.learning_rates(records, str(tmp_path / "lr.png")))
+    with pytest.raises(ValueError, match="run the lr_search_full sweep"):
+        figures.learning_rates([dataclasses.replace(records[0], rows=records[0].rows[:1])],
+                               str(tmp_path / "none.png"))
+
+    reader = metrics.RunRecord("lnlstm_4e-3", {
+        "cell": "lnlstm", "bn_everywhere": False, "learning_rate": 4e-3, "num_updates": 1500,
+        "eval_every": 500}, [{"round": 0, "step": 500, "valid_error": 0.7}],
+        diverged={"round": 1, "key": "valid_nll", "value": "inf"})
+    assert ("| LN-LSTM | 0.004 | 1500 | diverged (updates 500-1000) | 70.0 |"
+            in tables.reader_learning_rates([reader]))
 
 
 def test_saved_outputs_become_readme_blocks_with_their_headings_moved_down(tmp_path):
