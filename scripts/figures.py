@@ -63,7 +63,7 @@ def draw_group(ax, runs, key: str, x: str, label: str, color: str, scale: float 
 
 def seeds_label(label: str, runs: list, left_out: list = ()) -> str:
     text = f"{label} ({len(runs)} seed{'s' * (len(runs) != 1)}"
-    return text + (f"; {len(left_out)} unfinished not shown)" if left_out else ")")
+    return text + (f"; {tables.left_out_note(left_out)} not shown)" if left_out else ")")
 
 
 def finish_axes(ax, x: str, ylabel: str, title: str = "", legend: bool = True,

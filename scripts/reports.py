@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 import os
 import re
 from typing import Callable, Mapping
@@ -280,7 +281,9 @@ class Table:
     sources: tuple[str, ...]  # all needed
     make: Callable[[dict[str, list[metrics.RunRecord]]], str]
     optional: tuple[str, ...] = ()  # read when the profile has them
-    finished_only: bool = False  # its numbers are final values: partial runs would mislead
+    # Its numbers are final values: it reads only the runs that are done, finished or diverged
+    # (partial runs would mislead; diverged ones are counted, not dropped).
+    done_only: bool = False
     # The records it shows, of those read (and so those its provenance line counts): all of them
     # when None.
     select: Callable[[dict[str, list[metrics.RunRecord]]], dict] | None = None
@@ -291,7 +294,9 @@ class Figure:
     file: str
     sources: tuple[str, ...]
     make: Callable[[dict[str, list[metrics.RunRecord]], str], str]
-    finished_only: bool = False
+    # The records it can draw (final values: finished runs; a search: finished or diverged). It
+    # is drawn when each of its sources holds one, and is given only those.
+    draws: Callable[[metrics.RunRecord], bool] = lambda run: True
 
 
 CLAIM_SOURCES = ("fig6", "fig6_short_search", "fig2", "reader_long", "bn_controls", "batch_sizes",
@@ -307,7 +312,7 @@ TABLES = (
     Table("fig6 short search table", ("fig6_short_search",),
           lambda r: tables.fig6(r["fig6_short_search"])),
     Table("batch_sizes table", ("batch_sizes",), lambda r: tables.batch_sizes(r["batch_sizes"]),
-          finished_only=True),
+          done_only=True),
     Table("mnist lr table", ("mnist_lr",), lambda r: tables.mnist_learning_rates(r["mnist_lr"])[0]),
     Table("mnist lr full table", ("mnist_lr_full",),
           lambda r: tables.mnist_learning_rates(r["mnist_lr_full"])[0]),
@@ -316,7 +321,7 @@ TABLES = (
           optional=("fig6",), select=lambda r: {**r, "fig6": tables.bn_reference(
               r["bn_controls"], r.get("fig6", []))}),
     Table("batch_sizes long table", ("batch_sizes_long",),
-          lambda r: tables.batch_sizes(r["batch_sizes_long"]), finished_only=True),
+          lambda r: tables.batch_sizes(r["batch_sizes_long"]), done_only=True),
     Table("reader table", ("fig2",), lambda r: tables.reader(r["fig2"])),
     Table("gain table", ("gain", "fig2"), lambda r: tables.gain(_all(r))),
     Table("reader lr table", ("reader_lr",),
@@ -338,9 +343,11 @@ FIGURES = (
     Figure("pi_mnist_fig6_wallclock.png", ("fig6",),
            lambda r, out: figures.fig6(r["fig6"], out, x="minutes")),
     Figure("pi_mnist_lr_search.png", ("mnist_lr_full",),
-           lambda r, out: figures.learning_rates(r["mnist_lr_full"], out)),
+           lambda r, out: figures.learning_rates(r["mnist_lr_full"], out),
+           draws=operator.attrgetter("done")),
     Figure("pi_mnist_batch_sizes.png", ("batch_sizes",),
-           lambda r, out: figures.batch_sizes(r["batch_sizes"], out), finished_only=True),
+           lambda r, out: figures.batch_sizes(r["batch_sizes"], out),
+           draws=operator.attrgetter("finished")),
     Figure("attentive_reader_fig2.png", ("fig2",), lambda r, out: figures.reader(
         r["fig2"], out, reader_reference_lines(r["fig2"]), xs=("step", "minutes"))),
     Figure("attentive_reader_gain.png", ("gain", "fig2"), lambda r, out: figures.gain(
@@ -376,14 +383,12 @@ def saved_blocks(results: str) -> dict[str, str]:
     return blocks
 
 
-def load(profile: Profile, names, finished_only: bool = False
+def load(profile: Profile, names, keep: Callable[[metrics.RunRecord], bool] = lambda run: True
          ) -> dict[str, list[metrics.RunRecord]]:
-    records = {name: metrics.load_runs(os.path.join(profile.records_root,
-                                                    profile.sources[name].directory))
-               for name in names}
-    if finished_only:
-        records = {name: [r for r in runs if r.finished] for name, runs in records.items()}
-    return records
+    """Source name -> its records that `keep` accepts."""
+    return {name: [run for run in metrics.load_runs(os.path.join(
+                profile.records_root, profile.sources[name].directory)) if keep(run)]
+            for name in names}
 
 
 def build(profile: Profile, write_figures: bool = True, computed: bool = True
@@ -396,7 +401,8 @@ def build(profile: Profile, write_figures: bool = True, computed: bool = True
         if table.name in profile.skip or not set(table.sources) <= set(profile.sources):
             continue
         present = tuple(name for name in table.optional if name in profile.sources)
-        records = load(profile, table.sources + present, table.finished_only)
+        records = load(profile, table.sources + present,
+                       operator.attrgetter("done") if table.done_only else lambda run: True)
         if table.select:
             records = table.select(records)
         # Records of its own sources (of any, for a table with only optional ones).
@@ -405,7 +411,7 @@ def build(profile: Profile, write_figures: bool = True, computed: bool = True
                               if any(own) else NO_RUNS)
     for figure in FIGURES if write_figures else ():
         if set(figure.sources) <= set(profile.sources):
-            records = load(profile, figure.sources, figure.finished_only)
+            records = load(profile, figure.sources, figure.draws)
             if all(records.values()):
                 figure.make(records, os.path.join(profile.out_dir, figure.file))
     if profile.records_root == profile.out_dir:  # the committed results

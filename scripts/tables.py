@@ -62,6 +62,14 @@ def first_row_staying_below(run: metrics.RunRecord, key: str, target: float, x: 
     return staying
 
 
+def left_out_note(left_out: Sequence[metrics.RunRecord]) -> str:
+    """What a row or curve leaves out of a group, e.g. '+1 diverged, +2 unfinished' ('' if
+    nothing): a diverged seed is a result, not a run still going."""
+    diverged = sum(run.diverged is not None for run in left_out)
+    counts = ((diverged, "diverged"), (len(left_out) - diverged, "unfinished"))
+    return ", ".join(f"+{count} {what}" for count, what in counts if count)
+
+
 def _listed(values: Sequence) -> str:
     return ", ".join("-" if v is None else str(v) for v in values)
 
@@ -77,7 +85,7 @@ def fig6(records: list[metrics.RunRecord]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (norm, bs), group in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
         runs, left_out = metrics.prefer_finished(group)
-        seeds = f"{len(runs)}" + (f" (+{len(left_out)} unfinished, not shown)" if left_out else "")
+        seeds = f"{len(runs)}" + (f" ({left_out_note(left_out)}, not shown)" if left_out else "")
         epochs = min(len(r.rows) for r in runs)
         finals = [r.rows[epochs - 1] for r in runs]
         reached = [first_row_below(r, "train_nll", NLL_TARGET, "epoch") for r in runs]
@@ -117,20 +125,28 @@ def bn_reference(controls: list[metrics.RunRecord], fig6: list[metrics.RunRecord
 def bn_controls(controls: list[metrics.RunRecord], reference: list[metrics.RunRecord]) -> str:
     """Per batch size, the `reference` runs (bn_reference) and then each control: seeds,
     learning rate, final test error and training NLL (mean ± sample std over finished seeds),
-    and the epoch after which each seed's training NLL stays below 1e-3."""
-    runs = [r for r in controls + reference if r.finished]
+    and the epoch after which each seed's training NLL stays below 1e-3. Diverged seeds are
+    counted beside the finished ones."""
     groups: dict[tuple, list[metrics.RunRecord]] = {}
-    for run in runs:
-        key = (run.config["batch_size"], bn_variant(run.config), run.config["learning_rate"])
-        groups.setdefault(key, []).append(run)
+    for run in controls + reference:
+        if run.done:
+            key = (run.config["batch_size"], bn_variant(run.config), run.config["learning_rate"])
+            groups.setdefault(key, []).append(run)
     lines = ["| batch | BN run | seeds | learning rate | epochs | test error (%) | training NLL | "
              "epoch after which NLL < 1e-3, per seed |", "|---|---|---|---|---|---|---|---|"]
     for (bs, variant, lr), group in sorted(groups.items(), key=lambda kv: (
             -kv[0][0], not kv[0][1].startswith("Fig. 6"), kv[0][1])):
         group = sorted(group, key=lambda r: r.config.get("seed", 0))
-        finals = [run.rows[-1] for run in group]
-        settles = [first_row_staying_below(run, "train_nll", 1e-3, "epoch") for run in group]
-        lines.append(f"| {bs} | {variant} | {len(group)} | {lr:g} | {len(group[0].rows)} | "
+        finished = [run for run in group if run.finished]
+        seeds = f"{len(finished)}" + (f" (+{len(group) - len(finished)} diverged)"
+                                      if len(finished) < len(group) else "")
+        if not finished:
+            lines.append(f"| {bs} | {variant} | {seeds} | {lr:g} | {group[0].num_rounds} | "
+                         f"diverged | diverged | - |")
+            continue
+        finals = [run.rows[-1] for run in finished]
+        settles = [first_row_staying_below(run, "train_nll", 1e-3, "epoch") for run in finished]
+        lines.append(f"| {bs} | {variant} | {seeds} | {lr:g} | {len(finished[0].rows)} | "
                      f"{stats.mean_std([f['test_error'] for f in finals], 100)} | "
                      f"{stats.mean_std([f['train_nll'] for f in finals], digits=1, style='e')} | "
                      f"{_listed(settles)} |")
@@ -202,20 +218,30 @@ def final_values(records: list[metrics.RunRecord], key: str = "test_error"
 
 def batch_sizes(records: list[metrics.RunRecord]) -> str:
     """One row per norm, one column per batch size: mean final test error (%) ± the sample
-    standard deviation over finished seeds, with the seed and epoch counts under it."""
+    standard deviation over finished seeds, with the seed and epoch counts under it, and the
+    seeds that diverged beside it."""
     errors = final_values(records)
-    sizes = sorted({bs for by_size in errors.values() for bs in by_size})
+    diverged: dict[tuple[str, int], int] = {}
+    for run in records:
+        if run.diverged is not None:
+            key = (run.config["norm"], run.config["batch_size"])
+            diverged[key] = diverged.get(key, 0) + 1
+    norms = [n for n in NORM_ORDER if n in errors or any(k[0] == n for k in diverged)]
+    sizes = sorted({bs for by_size in errors.values() for bs in by_size}
+                   | {bs for _, bs in diverged})
     counts = {len(v) for by_size in errors.values() for v in by_size.values()}
     lines = ["| norm | " + " | ".join(f"bs {bs}" for bs in sizes) + " |",
              "|---|" + "---|" * len(sizes)]
-    for norm in [n for n in NORM_ORDER if n in errors]:
+    for norm in norms:
         cells = []
         for bs in sizes:
-            values = errors[norm].get(bs, [])
+            values = errors.get(norm, {}).get(bs, [])
             cell = stats.mean_std(values, 100) if values else "-"
-            cells.append(cell + (f" ({len(values)})" if values and len(counts) > 1 else ""))
+            cell += f" ({len(values)})" if values and len(counts) > 1 else ""
+            cells.append(cell + (f" (+{diverged[(norm, bs)]} diverged)"
+                                 if (norm, bs) in diverged else ""))
         lines.append(f"| {norm} | " + " | ".join(cells) + " |")
-    epochs = sorted({r.config["num_epochs"] for r in records if r.finished})
+    epochs = sorted({r.config["num_epochs"] for r in records if r.done})
     seeds = (f"{counts.pop()} finished seed(s) per cell" if len(counts) == 1 else
              "the finished seeds (their number in brackets)")
     lines += ["", f"Final test error (%) after {', '.join(map(str, epochs))} epochs: mean "
@@ -250,7 +276,7 @@ def reader(records: list[metrics.RunRecord], target: float = PLATEAU_EXIT,
         best, final, reached = _validation_summary(runs, target)
         minutes = np.mean([sum(row.get("round_seconds", 0.0) for row in run.rows)
                            for run in runs]) / 60
-        seeds = f"{len(runs)}" + (f" (+{len(left_out)} unfinished)" if left_out else "")
+        seeds = f"{len(runs)}" + (f" ({left_out_note(left_out)})" if left_out else "")
         lines.append(f"| {label} | {seeds} | {runs[0].config['learning_rate']:g} | "
                      f"{min(run.rows[-1]['step'] for run in runs)} | "
                      f"{stats.mean_std(best, 100, 1)} | {stats.mean_std(final, 100, 1)} | "
@@ -291,9 +317,10 @@ def gain(records: list[metrics.RunRecord]) -> str:
     lines = ["| LN gain init | seeds | updates | best validation error (%) | final (%) | "
              f"updates to {100 * PLATEAU_EXIT:.0f}% |", "|---|---|---|---|---|---|"]
     for (value,), group in sorted(groups.items(), reverse=True):
-        runs, _ = metrics.prefer_finished(group)
+        runs, left_out = metrics.prefer_finished(group)
         best, final, reached = _validation_summary(runs, PLATEAU_EXIT)
-        lines.append(f"| {value:g} | {len(runs)} | {min(run.rows[-1]['step'] for run in runs)} | "
+        seeds = f"{len(runs)}" + (f" ({left_out_note(left_out)})" if left_out else "")
+        lines.append(f"| {value:g} | {seeds} | {min(run.rows[-1]['step'] for run in runs)} | "
                      f"{stats.mean_std(best, 100, 1)} | {stats.mean_std(final, 100, 1)} | "
                      f"{_listed(reached)} |")
     return "\n".join(lines)

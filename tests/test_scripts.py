@@ -42,12 +42,16 @@ def test_fig6_table_and_plot(tmp_path):
     _write_mnist_run(root, "batch_bs4_seed1", "batch", 4, 1, [0.5], num_epochs=3)
     # A group with no finished run shows its partial runs, with the epochs they reached.
     _write_mnist_run(root, "none_bs4_seed0", "none", 4, 0, [0.04, 0.03], num_epochs=3)
+    # A diverged seed is left out too, and said to have diverged, not to be unfinished.
+    _write_mnist_run(root, "layer_bs4_seed2", "layer", 4, 2, [0.03], num_epochs=3)
+    metrics.write_diverged(os.path.join(root, "layer_bs4_seed2"), 1, "epoch", "train_nll", math.nan)
     records = metrics.load_runs(root)
 
     text = tables.fig6(records)
     # LN: mean 1.10 and sample std 0.14 of 1.0 and 1.2 (%); NLL 0.1/27 at epoch 3, the first
     # below 0.01; 3 epochs of 30 s.
-    assert "| 4 | layer | 2 | 0.001 | 3 | 1.10 ± 0.14 | 3.7e-03 ± 0.0e+00 | 3, 3 | 1.5 |" in text
+    assert ("| 4 | layer | 2 (+1 diverged, not shown) | 0.001 | 3 | 1.10 ± 0.14 | "
+            "3.7e-03 ± 0.0e+00 | 3, 3 | 1.5 |" in text)
     assert ("| 4 | batch | 1 (+1 unfinished, not shown) | 0.001 | 3 | 3.00 | 3.7e-03 | 3 | 1.5 |"
             in text)
     assert "| 4 | none | 1 | 0.001 | 2 | 3.00 | 1.3e-02 | - | 1.0 |" in text
@@ -65,13 +69,16 @@ def test_ablation_uses_finished_runs_only(tmp_path):
     _write_mnist_run(root, "batch_bs4_seed0", "batch", 4, 0, [0.05, 0.06])
     # Unfinished (1 of 2 epochs): its error must not count.
     _write_mnist_run(root, "batch_bs128_seed0", "batch", 128, 0, [0.5], num_epochs=2)
+    # Diverged: its error does not count either, but the cell says it diverged.
+    _write_mnist_run(root, "batch_bs4_seed1", "batch", 4, 1, [0.5], num_epochs=2)
+    metrics.write_diverged(os.path.join(root, "batch_bs4_seed1"), 1, "epoch", "train_nll", math.inf)
     records = metrics.load_runs(root)
 
     errors = tables.final_values(records)
     assert errors == {"layer": {4: [0.02, 0.04], 128: [0.018]}, "batch": {4: [0.06]}}
     text = tables.batch_sizes(records)
     assert "| norm | bs 4 | bs 128 |" in text
-    assert "| batch | 6.00 (1) | - |" in text
+    assert "| batch | 6.00 (1) (+1 diverged) | - |" in text
     assert "| layer | 3.00 ± 1.41 (2) | 1.80 (1) |" in text
     assert "after 2 epochs: mean (± sample standard deviation) over the finished seeds" in text
     assert _is_png(figures.batch_sizes(records, str(tmp_path / "ablation.png")))
@@ -92,6 +99,13 @@ def test_bn_controls_sit_beside_fig6s_bn_runs_at_their_batch_size(tmp_path):
                      **{**bn, "normalize_logits": False}, bn_unbiased_variance=False)
     _write_mnist_run(controls, "other_variance_bs128_seed0", "batch", 128, 0, [0.03, 0.04],
                      **bn, bn_unbiased_variance=True)
+    # A control seed that diverged is counted, not dropped; so is a control whose every seed did.
+    for name, seed, variance in (("other_variance_bs128_seed1", 1, True),
+                                 ("batch_statistics_bs128_seed0", 0, False)):
+        _write_mnist_run(controls, name, "batch", 128, seed, [0.03], num_epochs=2,
+                         **{**bn, "bn_eval_statistics": "batch"} if "statistics" in name else bn,
+                         bn_unbiased_variance=variance)
+        metrics.write_diverged(os.path.join(controls, name), 1, "epoch", "train_nll", math.nan)
     control_runs = metrics.load_runs(controls)
     reference = tables.bn_reference(control_runs, metrics.load_runs(fig6))
     assert sorted(r.config["seed"] for r in reference) == [0, 1]  # BN at batch 128 only
@@ -101,8 +115,10 @@ def test_bn_controls_sit_beside_fig6s_bn_runs_at_their_batch_size(tmp_path):
     assert rows == [
         "| 128 | Fig. 6's BN (the reference) | 2 | 0.001 | 2 | 2.00 ± 0.00 | 1.3e-02 ± 0.0e+00 "
         "| -, - |",
+        "| 128 | batch statistics at evaluation | 0 (+1 diverged) | 0.001 | 2 | diverged | "
+        "diverged | - |",
         "| 128 | hidden layers only | 1 | 0.001 | 2 | 1.00 | 1.3e-02 | - |",
-        "| 128 | n - 1 variance | 1 | 0.001 | 2 | 4.00 | 1.3e-02 | - |"]
+        "| 128 | n - 1 variance | 1 (+1 diverged) | 0.001 | 2 | 4.00 | 1.3e-02 | - |"]
     assert "| 4 |" not in text
 
 
@@ -117,13 +133,23 @@ def test_reader_table_and_plots(tmp_path):
         for i, error in enumerate(errors):
             metrics.append_metrics(workdir, {"round": i, "num_rounds": 3, "step": 100 * (i + 1),
                                              "valid_error": error, "round_seconds": 20.0})
+    # A diverged LN-LSTM seed: left out of the numbers, and counted as diverged.
+    workdir = os.path.join(root, "lnlstm_seed1")
+    metrics.write_config(workdir, {"cell": "lnlstm", "bn_everywhere": False, "seed": 1,
+                                   "ln_gain_init": 1.0, "num_updates": 300, "eval_every": 100,
+                                   "learning_rate": 2e-3})
+    metrics.append_metrics(workdir, {"round": 0, "num_rounds": 3, "step": 100,
+                                     "valid_error": 0.9, "round_seconds": 20.0})
+    metrics.write_diverged(workdir, 1, "evaluation", "valid_nll", math.inf)
     records = metrics.load_runs(root)
+    assert "| 1 | 1 (+1 diverged) | 300 |" in tables.gain(records)
     text = tables.reader(records)
     # Updates to 70% error: the LSTM passes it at its second evaluation, the LN-LSTM at its first;
     # 3 rounds of 20 s is one minute.
     assert "| LSTM | 1 | 0.002 | 300 | 45.0 | 45.0 | 200 | 1 |" in text
-    assert "| LN-LSTM | 1 | 0.002 | 300 | 25.0 | 30.0 | 100 | 1 |" in text
-    assert "| LN-LSTM | 1 | 0.002 | 300 | 25.0 | 30.0 | - | 1 |" in tables.reader(records, 0.2)
+    assert "| LN-LSTM | 1 (+1 diverged) | 0.002 | 300 | 25.0 | 30.0 | 100 | 1 |" in text
+    assert ("| LN-LSTM | 1 (+1 diverged) | 0.002 | 300 | 25.0 | 30.0 | - | 1 |"
+            in tables.reader(records, 0.2))
     lines = {"chance": 0.875, "sentence match": 0.15}
     assert _is_png(figures.reader(records, str(tmp_path / "fig2.png"), lines,
                                   xs=("step", "minutes")))
