@@ -328,6 +328,9 @@ def gain(records: list[metrics.RunRecord]) -> str:
 
 TESTS = {"welch": stats.welch, "rank": stats.rank_test, "fisher": stats.fisher,
          "logrank": stats.logrank}
+# The same tests by the name their Comparison carries.
+TEST_BY_NAME = {"Welch": stats.welch, "Mann-Whitney": stats.rank_test, "Fisher": stats.fisher,
+                "log-rank": stats.logrank}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +373,13 @@ def _format_effect(c: stats.Comparison) -> str:
         return f"{_format_number(c.effect, '+')} (medians)"
     return (f"{_format_number(c.effect, '+')} [{_format_number(c.low, '+')}, "
             f"{_format_number(c.high, '+')}]")
+
+
+def _format_point_effect(c: stats.Comparison) -> str:
+    """The effect alone, without its interval."""
+    if c.test == "Fisher":
+        return f"{100 * c.effect:+.0f} points of seeds"
+    return _format_number(c.effect, "+") + ("" if c.test == "Welch" else " (medians)")
 
 
 def _format_number(x: float, sign: str = "") -> str:
@@ -436,32 +446,38 @@ def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRe
 
 def seeds_to_settle(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRecord]],
                     power: float = 0.8) -> str:
-    """One row per claim that Welch's test leaves not settled: the seeds it has, the seeds per
-    side at which the test would settle it with probability `power` if the observed means and
-    spreads were the truth (stats.seeds_for_power), and which verdict the observed difference
-    points to. Claims tested with the rank, log-rank or Fisher test are left out: the estimate
-    is for the t-test."""
+    """One row per claim left not settled: the seeds it has, the seeds per side at which its test
+    would settle it with probability `power` if what was observed were the truth, how that was
+    estimated (Welch's t-test: from the means and spreads, stats.seeds_for_power; the rank,
+    log-rank and Fisher tests: by resampling the seeds, stats.seeds_for_power_by_resampling),
+    and which verdict the observed difference points to."""
     lines = ["| claim | measured | seeds (A, B) | A - B | std (A, B) | "
-             f"seeds per side for {power:.0%} power | the difference points to |",
-             "|---|---|---|---|---|---|---|"]
+             f"seeds per side for {power:.0%} power | estimated by | the difference points to |",
+             "|---|---|---|---|---|---|---|---|"]
     for claim in claim_list:
         compared = _compare(claim, records)
         if compared is None or compared.comparison is None:
             continue
-        effect = compared.comparison.effect
-        if (compared.comparison.test != "Welch"
-                or stats.verdict(compared.comparison, claim.sign) != "not settled"):
+        comparison = compared.comparison
+        if stats.verdict(comparison, claim.sign) != "not settled":
             continue
-        needed = stats.seeds_for_power(compared.a, compared.b, power)
+        effect = comparison.effect
+        if comparison.test == "Welch":
+            needed = stats.seeds_for_power(compared.a, compared.b, power)
+            most, how = stats.MOST_SEEDS, "means and spreads (t)"
+            spreads = ", ".join(_format_number(float(np.std(x, ddof=1)))
+                                for x in (compared.a, compared.b))
+        else:
+            needed = stats.seeds_for_power_by_resampling(compared.a, compared.b,
+                                                         TEST_BY_NAME[comparison.test], power)
+            most, how, spreads = stats.RESAMPLED_SEEDS[-1], "resampling the seeds", "-"
         if needed is None:
-            needed = "-" if effect == 0 else f"over {stats.MOST_SEEDS}"
-        spreads = ", ".join(_format_number(float(np.std(x, ddof=1)))
-                            for x in (compared.a, compared.b))
+            needed = "-" if effect == 0 else f"over {most}"
         direction = ("-" if effect == 0 else
                      "holds" if np.sign(effect) == claim.sign else "does not hold")
         lines.append(f"| {claim.text} | {claim.measured} | {len(compared.a)}, "
-                     f"{len(compared.b)} | {_format_number(effect, '+')} | {spreads} | "
-                     f"{needed} | {direction} |")
+                     f"{len(compared.b)} | {_format_point_effect(comparison)} | {spreads} | "
+                     f"{needed} | {how} | {direction} |")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 
+import numpy as np
 import pytest
 
 from lnrepro import metrics
@@ -231,7 +232,24 @@ def test_seeds_for_power_matches_the_textbook_table():
         stats.seeds_for_power([1.0], unit)
 
 
-def test_seeds_to_settle_lists_the_open_t_test_claims_only(tmp_path):
+def test_seeds_for_power_by_resampling_agrees_with_the_t_test_and_exact_tests():
+    from scipy import stats as scipy_stats
+    # Drawn from many seeds of a normal with d = 0.8, resampling finds what the noncentral t
+    # gives (26 a side), up to its grid (25, 30) and its 400 draws.
+    unit = list(scipy_stats.norm.ppf((np.arange(400) + 0.5) / 400))
+    assert stats.seeds_for_power([x + 0.8 for x in unit], unit) == 26
+    assert stats.seeds_for_power_by_resampling([x + 0.8 for x in unit], unit,
+                                               stats.welch) in (25, 30)
+    # Complete separation: the exact rank test and Fisher's test need 4 seeds a side (p = 2/70;
+    # at 3 a side p = 2/20), and every resampled experiment is separated too.
+    assert stats.seeds_for_power_by_resampling([0.0] * 3, [math.inf] * 3, stats.rank_test) == 4
+    assert stats.seeds_for_power_by_resampling([True] * 3, [False] * 3, stats.fisher) == 4
+    # Groups drawn from the same values: no number of seeds settles it.
+    assert stats.seeds_for_power_by_resampling([1.0, 2.0], [1.0, 2.0], stats.rank_test,
+                                               draws=50, grid=(2, 5, 10)) is None
+
+
+def test_seeds_to_settle_lists_every_open_claim(tmp_path):
     root = str(tmp_path / "fig6")
     values = {"layer": (1.0, 1.2, 1.1), "batch": (1.1, 1.3, 1.15), "none": (3.0, 3.1, 3.2)}
     for norm, per_seed in values.items():
@@ -251,9 +269,14 @@ def test_seeds_to_settle_lists_the_open_t_test_claims_only(tmp_path):
     rows = tables.seeds_to_settle([open_claim, settled, censored, reversed_claim],
                                   records).splitlines()[2:]
     # Cohen's d of 0.0833 / 0.102 = 0.82: about 25 seeds a side, as in the textbook table; the
-    # observed difference points to the verdict those seeds would likely give.
-    assert rows == ["| LN below BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 | holds |",
-                    "| LN above BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 | does not hold |"]
+    # observed difference points to the verdict those seeds would likely give. The censored
+    # claim goes to the rank test, and its estimate to resampling: 4 seeds a side separate
+    # 1.0 from inf (3 cannot). The settled claim is not listed.
+    t, resampled = "means and spreads (t)", "resampling the seeds"
+    assert rows == [f"| LN below BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 | {t} | holds |",
+                    f"| LN below BN, censored | x | 3, 3 | -inf (medians) | - | 4 | {resampled} "
+                    "| holds |",
+                    f"| LN above BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 | {t} | does not hold |"]
 
 
 def test_logrank_matches_the_textbook_sums_and_takes_censored_times():

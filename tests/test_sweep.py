@@ -102,7 +102,16 @@ def test_sweep_files_list_unique_runs_in_priority_order():
     assert all("bs128" in name for name in names[6:33])  # cheap seeds before batch 4's
     assert all("bs4" in name for name in names[33:])
     controls = pi_mnist_sweeps.get_config("bn_controls").runs
-    assert len(controls) == 18 and all(r["overrides"]["norm"] == "batch" for r in controls)
+    # 3 controls x (5 seeds at batch 128 + 3 at batch 4), each seed's batch 128 runs first.
+    assert len(controls) == 24 and all(r["overrides"]["norm"] == "batch" for r in controls)
+    assert [r["name"] for r in controls[:4]] == [
+        "hidden_only_bs128_seed0", "batch_stats_eval_bs128_seed0", "other_variance_bs128_seed0",
+        "hidden_only_bs4_seed0"]
+    assert sorted({r["overrides"]["seed"] for r in controls
+                   if r["overrides"]["batch_size"] == 4}) == [0, 1, 2]
+    assert [r["name"] for r in controls[18:]][-1] == "other_variance_bs128_seed4"
+    short = [r["name"] for r in pi_mnist_sweeps.get_config("fig6_short_search").runs]
+    assert len(short) == 15 and all("bs128" in name for name in short)
     assert len(pi_mnist_sweeps.get_config("lr_search_full").runs) == 7 * 3 * 2 * 2
     sizes = pi_mnist_sweeps.get_config("batch_sizes").runs
     assert not any(r["overrides"]["norm"] == "batch" and r["overrides"]["batch_size"] == 1
