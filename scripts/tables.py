@@ -467,9 +467,9 @@ def seeds_to_settle(claim_list: Sequence[Claim], records: Mapping[str, list[metr
             most, how = stats.MOST_SEEDS, "means and spreads (t)"
             spreads = ", ".join(_format_number(float(np.std(x, ddof=1)))
                                 for x in (compared.a, compared.b))
-        else:
-            needed = stats.seeds_for_power_by_resampling(compared.a, compared.b,
-                                                         TEST_BY_NAME[comparison.test], power)
+        else:  # no difference to settle: nothing to resample
+            needed = None if effect == 0 else stats.seeds_for_power_by_resampling(
+                compared.a, compared.b, TEST_BY_NAME[comparison.test], power)
             most, how, spreads = stats.RESAMPLED_SEEDS[-1], "resampling the seeds", "-"
         if needed is None:
             needed = "-" if effect == 0 else f"over {most}"
