@@ -94,12 +94,13 @@ BN_CONTROL_SEEDS = {128: range(5), 4: range(3)}  # batch size: seeds
 
 
 def bn_control_runs(seeds=BN_CONTROL_SEEDS):
-    """Seed-major (each seed's batch-128 runs, then its batch-4 runs), so the first seeds of
-    every control come first."""
+    """Most informative first, as fig6: every control at seed 0 at each batch size, then the
+    other seeds, the cheap large batches' before the small ones'."""
+    order = sorted(((seed, bs) for bs, bs_seeds in seeds.items() for seed in bs_seeds),
+                   key=lambda pair: (pair[0] > 0, -pair[1], pair[0]))
     return [_run(f"{control}_bs{bs}_seed{seed}", norm="batch", batch_size=bs, seed=seed,
                  num_epochs=60, **overrides(bs))
-            for seed in sorted(set().union(*seeds.values())) for bs in (128, 4)
-            if seed in seeds[bs] for control, overrides in BN_CONTROLS.items()]
+            for seed, bs in order for control, overrides in BN_CONTROLS.items()]
 
 
 SWEEPS = {

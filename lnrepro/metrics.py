@@ -249,12 +249,14 @@ def load_run(run_dir: str, name: str | None = None) -> RunRecord | None:
 
 
 def load_runs(results_dir: str) -> list[RunRecord]:
-    """Every run directory below results_dir holding a config.json and at least one metric line."""
+    """Every run directory below results_dir holding a config.json and at least one metric line,
+    or a divergence record (a run that diverged in its first round has no metric line, and is a
+    result all the same)."""
     records = []
     for root, _, files in sorted(os.walk(results_dir)):
-        if METRICS_FILE in files:
+        if METRICS_FILE in files or DIVERGED_FILE in files:
             record = load_run(root, os.path.relpath(root, results_dir))
-            if record is not None and record.rows:
+            if record is not None:
                 records.append(record)
     return records
 
@@ -289,11 +291,13 @@ def group_runs(records: Iterable[RunRecord], keys: tuple[str, ...]
 def prefer_finished(runs: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
     """(runs to report, runs left out): the finished runs when a group has any, so that a partial
     seed neither cuts the finished ones short nor pools its early epochs with their final ones;
-    otherwise the partial runs themselves (their epoch count then says how far they got)."""
+    otherwise the partial runs still going (their epoch count then says how far they got).
+    Diverged runs are always left out: their last numbers are from before they broke down. So
+    a group whose runs all diverged has none to report."""
     finished = [run for run in runs if run.finished]
-    if not finished:
-        return list(runs), []
-    return finished, [run for run in runs if not run.finished]
+    going = [run for run in runs if not run.finished and run.diverged is None]
+    diverged = [run for run in runs if run.diverged is not None]
+    return (finished, going + diverged) if finished else (going, diverged)
 
 
 class Progress:

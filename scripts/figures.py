@@ -54,7 +54,11 @@ def mean_and_spread(runs: list[metrics.RunRecord], key: str, x: str):
 
 
 def draw_group(ax, runs, key: str, x: str, label: str, color: str, scale: float = 1.0) -> None:
-    """One group's mean curve, and its min-max band when it has several seeds."""
+    """One group's mean curve, and its min-max band when it has several seeds; only a legend
+    entry when it has none to draw (every seed diverged)."""
+    if not runs:
+        ax.plot([], [], color=color, label=label)
+        return
     xs, mean, low, high = mean_and_spread(runs, key, x)
     ax.plot(xs, mean * scale, color=color, label=label)
     if len(runs) > 1:
@@ -111,7 +115,7 @@ def fig6(records: list[metrics.RunRecord], out: str, x: str = "epoch") -> str:
                 if groups.get((norm, bs)):
                     runs, left_out = metrics.prefer_finished(groups[(norm, bs)])
                     # The rate is in the label: each norm runs at its own, per batch size.
-                    rates = {r.config.get("learning_rate") for r in runs}
+                    rates = {r.config.get("learning_rate") for r in groups[(norm, bs)]}
                     rate = f", lr {rates.pop():g}" if rates != {None} and len(rates) == 1 else ""
                     draw_group(ax, runs, key, x, seeds_label(label + rate, runs, left_out),
                                color, scale)
@@ -126,22 +130,27 @@ def fig6(records: list[metrics.RunRecord], out: str, x: str = "epoch") -> str:
 
 def batch_sizes(records: list[metrics.RunRecord], out: str) -> str:
     """Final test error against batch size per norm (log-log: BN's error at batch 2 is an order
-    of magnitude above the rest), mean over finished seeds with min-max bars."""
+    of magnitude above the rest), mean over finished seeds with min-max bars; the legend counts
+    the seeds that diverged."""
+    if not any(r.done for r in records):
+        raise ValueError("no finished or diverged runs in these records; run the batch_sizes "
+                         "sweep first.")
     errors = tables.final_values(records)
-    if not errors:
-        raise ValueError("no finished runs in these records; run the batch_sizes sweep first.")
-    epochs = sorted({r.config["num_epochs"] for r in records if r.finished})
+    diverged = {norm: sum(r.diverged is not None and r.config["norm"] == norm for r in records)
+                for norm in NORMS}
+    epochs = sorted({r.config["num_epochs"] for r in records if r.done})
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for norm in [n for n in NORMS if n in errors]:
-        sizes = sorted(errors[norm])
+    for norm in [n for n in NORMS if n in errors or diverged[n]]:
+        sizes = sorted(errors.get(norm, {}))
         values = [100 * np.asarray(errors[norm][bs]) for bs in sizes]
         mean = np.array([v.mean() for v in values])
         spread = np.array([mean - [v.min() for v in values], [v.max() for v in values] - mean])
-        seeds = sorted({len(v) for v in values})
+        seeds = sorted({len(v) for v in values}) or [0]
         label, color = NORMS[norm]
         counts = "-".join(map(str, sorted({seeds[0], seeds[-1]})))
-        ax.errorbar(sizes, mean, yerr=spread, color=color, marker="o", capsize=3,
-                    label=f"{label} ({counts} seed{'s' * (counts != '1')})")
+        note = f"; +{diverged[norm]} diverged" if diverged[norm] else ""
+        ax.errorbar(sizes, mean, yerr=spread.reshape(2, -1), color=color, marker="o", capsize=3,
+                    label=f"{label} ({counts} seed{'s' * (counts != '1')}{note})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
@@ -182,12 +191,12 @@ def learning_rates(records: list[metrics.RunRecord], out: str) -> str:
             for lr in rates:
                 runs = groups[(norm, bs, lr)]
                 seeds.add(len(runs))
-                if any(r.diverged for r in runs):
-                    ax.plot([lr], [0.97], "x", color=color, transform=ax.get_xaxis_transform())
-                    continue
-                errors = [100 * r.rows[-1]["valid_error"] for r in runs]
+                errors = [100 * r.rows[-1]["valid_error"] for r in runs if r.finished]
                 ax.plot([lr] * len(errors), errors, ".", color=color, alpha=0.5)
-                means.append((lr, float(np.mean(errors))))
+                if any(r.diverged for r in runs):  # marked, and off the line of means
+                    ax.plot([lr], [0.97], "x", color=color, transform=ax.get_xaxis_transform())
+                else:
+                    means.append((lr, float(np.mean(errors))))
             counts = "-".join(map(str, sorted({min(seeds), max(seeds)})))
             xs, ys = zip(*means) if means else ((), ())  # () when every rate diverged
             ax.plot(xs, ys, "-", marker="_", markersize=10, color=color,

@@ -347,7 +347,7 @@ FIGURES = (
            draws=operator.attrgetter("done")),
     Figure("pi_mnist_batch_sizes.png", ("batch_sizes",),
            lambda r, out: figures.batch_sizes(r["batch_sizes"], out),
-           draws=operator.attrgetter("finished")),
+           draws=operator.attrgetter("done")),
     Figure("attentive_reader_fig2.png", ("fig2",), lambda r, out: figures.reader(
         r["fig2"], out, reader_reference_lines(r["fig2"]), xs=("step", "minutes"))),
     Figure("attentive_reader_gain.png", ("gain", "fig2"), lambda r, out: figures.gain(

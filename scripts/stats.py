@@ -145,14 +145,19 @@ def seeds_for_power_by_resampling(a: Sequence, b: Sequence,
                                   test: Callable[[Sequence, Sequence], Comparison | None],
                                   power: float = 0.8, draws: int = RESAMPLING_DRAWS,
                                   grid: Sequence[int] = RESAMPLED_SEEDS) -> int | None:
-    """The fewest seeds per side, of `grid`'s, at which `test` would reach p < ALPHA (in either
-    direction) in at least `power` of `draws` simulated experiments, each side drawn with
-    replacement from its observed values; None past the grid's last. For the claims no formula
-    covers: ranks, censored times, counts of seeds that reached a target. Rougher than
-    seeds_for_power: the few observed seeds stand in for the whole distribution (a group whose
-    seeds all failed is taken never to succeed). Power grows with the seeds, so the grid is
-    searched by bisection; each seed count draws from its own fixed random stream, so the
-    answer does not depend on the search's path."""
+    """The seeds per side, of `grid`'s, from which `test` would reach p < ALPHA (settling the
+    claim either way, as seeds_for_power) in at least `power` of `draws` simulated experiments,
+    each side drawn with replacement from its observed values; None past the grid's last. For
+    the claims no formula covers: ranks, censored times, counts of seeds that reached a target.
+    Rougher than seeds_for_power:
+    - the few observed seeds stand in for the whole distribution (a group whose seeds all failed
+      is taken never to succeed), and resampling a few values makes ties, which the exact rank
+      test does not correct for (its p is then somewhat conservative);
+    - the grid is bisected, which assumes power grows with the seeds. It does on average, but
+      an exact test's discreteness can make it dip from one count to the next, so the answer is
+      a point where the power crosses `power`, not always the first.
+    Each seed count draws from its own fixed random stream, so the answer does not depend on
+    the search's path."""
     a, b = np.asarray(a), np.asarray(b)
 
     def settles(n: int) -> bool:

@@ -70,6 +70,11 @@ def left_out_note(left_out: Sequence[metrics.RunRecord]) -> str:
     return ", ".join(f"+{count} {what}" for count, what in counts if count)
 
 
+def _dashes(cells: int) -> str:
+    """`cells` empty table cells: a row whose seeds all diverged has no numbers to show."""
+    return " - |" * cells
+
+
 def _listed(values: Sequence) -> str:
     return ", ".join("-" if v is None else str(v) for v in values)
 
@@ -86,14 +91,19 @@ def fig6(records: list[metrics.RunRecord]) -> str:
     for (norm, bs), group in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
         runs, left_out = metrics.prefer_finished(group)
         seeds = f"{len(runs)}" + (f" ({left_out_note(left_out)}, not shown)" if left_out else "")
+        rate = group[0].config.get("learning_rate")  # one per group (group_runs checks)
+        rate = "-" if rate is None else f"{rate:g}"
+        if not runs:  # every seed diverged
+            lines.append(f"| {bs} | {norm} | {seeds} | {rate} |" + _dashes(5)
+                         + f" {FIG6_PAPER.get(bs, '')} |")
+            continue
         epochs = min(len(r.rows) for r in runs)
         finals = [r.rows[epochs - 1] for r in runs]
         reached = [first_row_below(r, "train_nll", NLL_TARGET, "epoch") for r in runs]
         minutes = np.mean([sum(row.get("round_seconds", 0.0) for row in r.rows[:epochs])
                            for r in runs]) / 60
-        rate = runs[0].config.get("learning_rate")  # one per group (group_runs checks)
         lines.append(
-            f"| {bs} | {norm} | {seeds} | {'-' if rate is None else f'{rate:g}'} | {epochs} | "
+            f"| {bs} | {norm} | {seeds} | {rate} | {epochs} | "
             f"{stats.mean_std([f['test_error'] for f in finals], 100)} | "
             f"{stats.mean_std([f['train_nll'] for f in finals], digits=1, style='e')} | "
             f"{_listed(reached)} | {minutes:.1f} | {FIG6_PAPER.get(bs, '')} |")
@@ -198,9 +208,9 @@ def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
     chosen = {key: lr for key, (lr, _) in best.items()}
     lines.append("")
     lines.append("Chosen: " + ", ".join(
-        f"{norm} at batch {bs}: " + (f"{chosen[(norm, bs)]:g}" if (norm, bs) in chosen
-                                     else "none (every rate diverged)")
-        + f" (best of {count} rate{'s' if count > 1 else ''})"
+        f"{norm} at batch {bs}: " + (
+            f"{chosen[(norm, bs)]:g} (best of {count} rate{'s' if count > 1 else ''})"
+            if (norm, bs) in chosen else f"none (all {count} rate{'s' * (count > 1)} diverged)")
         for (norm, bs), count in sorted(rates_seen.items())))
     return "\n".join(lines), chosen
 
@@ -273,10 +283,14 @@ def reader(records: list[metrics.RunRecord], target: float = PLATEAU_EXIT,
         if not groups.get(key):
             continue
         runs, left_out = metrics.prefer_finished(groups[key])
+        seeds = f"{len(runs)}" + (f" ({left_out_note(left_out)})" if left_out else "")
+        if not runs:  # every seed diverged
+            lines.append(f"| {label} | {seeds} | {groups[key][0].config['learning_rate']:g} |"
+                         + _dashes(5) + (f" {READER_PAPER[label]} |" if paper else ""))
+            continue
         best, final, reached = _validation_summary(runs, target)
         minutes = np.mean([sum(row.get("round_seconds", 0.0) for row in run.rows)
                            for run in runs]) / 60
-        seeds = f"{len(runs)}" + (f" ({left_out_note(left_out)})" if left_out else "")
         lines.append(f"| {label} | {seeds} | {runs[0].config['learning_rate']:g} | "
                      f"{min(run.rows[-1]['step'] for run in runs)} | "
                      f"{stats.mean_std(best, 100, 1)} | {stats.mean_std(final, 100, 1)} | "
@@ -318,8 +332,11 @@ def gain(records: list[metrics.RunRecord]) -> str:
              f"updates to {100 * PLATEAU_EXIT:.0f}% |", "|---|---|---|---|---|---|"]
     for (value,), group in sorted(groups.items(), reverse=True):
         runs, left_out = metrics.prefer_finished(group)
-        best, final, reached = _validation_summary(runs, PLATEAU_EXIT)
         seeds = f"{len(runs)}" + (f" ({left_out_note(left_out)})" if left_out else "")
+        if not runs:  # every seed diverged
+            lines.append(f"| {value:g} | {seeds} |" + _dashes(4))
+            continue
+        best, final, reached = _validation_summary(runs, PLATEAU_EXIT)
         lines.append(f"| {value:g} | {seeds} | {min(run.rows[-1]['step'] for run in runs)} | "
                      f"{stats.mean_std(best, 100, 1)} | {stats.mean_std(final, 100, 1)} | "
                      f"{_listed(reached)} |")
@@ -401,12 +418,15 @@ class Compared(NamedTuple):
 
 
 def _compare(claim: Claim, records: Mapping[str, list[metrics.RunRecord]]) -> Compared | None:
-    """The claim's groups compared on its measure; None when either has no finished run."""
+    """The claim's groups compared on its measure; None when either has no run done (finished or
+    diverged). A side whose runs all diverged has no values, and the comparison is None."""
     runs_a, diverged_a = _select(records.get(claim.source, []), claim.a)
     runs_b, diverged_b = _select(records.get(claim.b_source or claim.source, []), claim.b)
-    if not runs_a or not runs_b:
+    if not (runs_a or diverged_a) or not (runs_b or diverged_b):
         return None
     a, b = [claim.measure(r) for r in runs_a], [claim.measure(r) for r in runs_b]
+    if not a or not b:
+        return Compared(a, b, diverged_a, diverged_b, None)
     # A censored value (+-inf: known only to lie beyond every measured one) has a rank but no
     # size, so it turns a t-test into a rank test. (The log-rank test takes censored times as
     # they are.)
@@ -431,16 +451,19 @@ def claims(claim_list: Sequence[Claim], records: Mapping[str, list[metrics.RunRe
         a, b, diverged_a, diverged_b, comparison = compared
 
         def shown(values, diverged):
-            text = (f"{sum(values)}/{len(values)}" if claim.test == "fisher" else
+            text = ("none finished" if not values else
+                    f"{sum(values)}/{len(values)}" if claim.test == "fisher" else
                     ", ".join(_format_number(x) for x in values))
             return text + (f" (+{diverged} diverged)" if diverged else "")
         effect = "-" if comparison is None else _format_effect(comparison)
         test = "-" if comparison is None else f"{comparison.test}, {comparison.p:.2g}"
+        verdict = (stats.verdict(comparison, claim.sign) if a and b else
+                   "not testable (a side has diverged runs and no finished one)")
         sources = dict.fromkeys((claim.source, claim.b_source or claim.source))
         rests_on = ", ".join(f"`{directories.get(name, name)}`" for name in sources)
         lines.append(f"| {claim.text} | {claim.measured} | {shown(a, diverged_a)} | "
                      f"{shown(b, diverged_b)} | {effect} | {test} | "
-                     f"**{stats.verdict(comparison, claim.sign)}** | {rests_on} |")
+                     f"**{verdict}** | {rests_on} |")
     return "\n".join(lines)
 
 

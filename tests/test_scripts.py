@@ -83,8 +83,8 @@ def test_ablation_uses_finished_runs_only(tmp_path):
     assert "| layer | 3.00 ± 1.41 (2) | 1.80 (1) |" in text
     assert "after 2 epochs: mean (± sample standard deviation) over the finished seeds" in text
     assert _is_png(figures.batch_sizes(records, str(tmp_path / "ablation.png")))
-    with pytest.raises(ValueError, match="no finished runs"):
-        figures.batch_sizes([r for r in records if not r.finished], str(tmp_path / "empty.png"))
+    with pytest.raises(ValueError, match="no finished or diverged runs"):
+        figures.batch_sizes([r for r in records if not r.done], str(tmp_path / "empty.png"))
 
 
 def test_bn_controls_sit_beside_fig6s_bn_runs_at_their_batch_size(tmp_path):
@@ -155,6 +155,44 @@ def test_reader_table_and_plots(tmp_path):
     assert _is_png(figures.reader(records, str(tmp_path / "fig2.png"), lines,
                                   xs=("step", "minutes")))
     assert _is_png(figures.gain(records, str(tmp_path / "gain.png"), lines))
+
+
+def test_runs_that_diverged_in_their_first_round_are_still_reported(tmp_path):
+    """A run that diverges before its first evaluation has no metric line, only its
+    diverged.json: it is a result, and every table, figure and claim must say so."""
+    root = str(tmp_path / "fig6")
+    _write_mnist_run(root, "layer_bs4_seed0", "layer", 4, 0, [0.03, 0.02])
+    _write_mnist_run(root, "layer_bs4_seed1", "layer", 4, 1, [0.03, 0.02])
+    for seed in (0, 1):
+        workdir = os.path.join(root, f"batch_bs4_seed{seed}")
+        metrics.write_config(workdir, {"norm": "batch", "batch_size": 4, "seed": seed,
+                                       "num_epochs": 2, "learning_rate": 1e-3})
+        metrics.write_diverged(workdir, 0, "epoch", "train_loss", math.nan)
+    records = metrics.load_runs(root)
+    assert sorted(r.name for r in records if r.diverged) == ["batch_bs4_seed0", "batch_bs4_seed1"]
+
+    assert "| 4 | batch | 0 (+2 diverged, not shown) | 0.001 | - | - | - | - | - |" in (
+        tables.fig6(records))
+    assert "| batch | - (+2 diverged) |" in tables.batch_sizes(records)
+    claim = next(c for c in reports.CLAIMS
+                 if c.text == "bs 4: LN ends with lower test error than BN")
+    row = tables.claims([claim], {"fig6": records})
+    assert "| 2, 2 | none finished (+2 diverged) | - | - |" in row
+    assert "**not testable (a side has diverged runs and no finished one)**" in row
+    assert tables.seeds_to_settle([claim], {"fig6": records}).count("\n") == 1  # header only
+    assert _is_png(figures.fig6(records, str(tmp_path / "fig6.png")))
+    assert _is_png(figures.batch_sizes(records, str(tmp_path / "sizes.png")))
+
+    reader_root = str(tmp_path / "fig2")
+    workdir = os.path.join(reader_root, "lnlstm_seed0")
+    metrics.write_config(workdir, {"cell": "lnlstm", "bn_everywhere": False, "seed": 0,
+                                   "ln_gain_init": 1.0, "num_updates": 300, "eval_every": 100,
+                                   "learning_rate": 2e-3})
+    metrics.write_diverged(workdir, 0, "evaluation", "valid_nll", math.inf)
+    reader = metrics.load_runs(reader_root)
+    assert "| LN-LSTM | 0 (+1 diverged) | 0.002 | - | - | - | - | - |" in tables.reader(reader)
+    assert "| 1 | 0 (+1 diverged) | - | - | - | - |" in tables.gain(reader)
+    assert _is_png(figures.reader(reader, str(tmp_path / "fig2.png"), {"chance": 0.875}))
 
 
 def test_update_results_rewrites_only_the_marked_blocks(tmp_path):
@@ -486,7 +524,7 @@ def test_a_diverged_rate_is_listed_drawn_and_never_chosen(tmp_path):
     assert chosen == {("none", 4): 1e-4}
     assert "| 4 | none | 0.003 | 2 | 2 | diverged | 1.00, diverged (epoch 2) |" in text
     assert "| 4 | batch | 0.003 | 2 | 1 | diverged | diverged (epoch 1) |" in text
-    assert text.endswith("Chosen: batch at batch 4: none (every rate diverged) (best of 1 rate), "
+    assert text.endswith("Chosen: batch at batch 4: none (all 1 rate diverged), "
                          "none at batch 4: 0.0001 (best of 2 rates)")
     assert _is_png(figures.learning_rates(records, str(tmp_path / "lr.png")))
     with pytest.raises(ValueError, match="run the lr_search_full sweep"):

@@ -109,9 +109,15 @@ def test_sweep_files_list_unique_runs_in_priority_order():
         "hidden_only_bs4_seed0"]
     assert sorted({r["overrides"]["seed"] for r in controls
                    if r["overrides"]["batch_size"] == 4}) == [0, 1, 2]
-    assert [r["name"] for r in controls[18:]][-1] == "other_variance_bs128_seed4"
-    short = [r["name"] for r in pi_mnist_sweeps.get_config("fig6_short_search").runs]
-    assert len(short) == 15 and all("bs128" in name for name in short)
+    # Then the cheap batch-128 seeds 1-4, then batch 4's seeds 1-2 (about 40 minutes a run).
+    assert all("bs128" in r["name"] for r in controls[6:18])
+    assert all("bs4" in r["name"] for r in controls[18:])
+    short = pi_mnist_sweeps.get_config("fig6_short_search").runs
+    assert sorted({r["overrides"]["seed"] for r in short}) == [0, 1, 2, 3, 4]
+    assert len(short) == 15 and all(r["overrides"]["batch_size"] == 128 for r in short)
+    rates = pi_mnist.SHORT_SEARCH_LEARNING_RATES
+    assert {(r["overrides"]["norm"], r["overrides"]["learning_rate"]) for r in short} == {
+        (norm, rates[norm]["bs128"]) for norm in pi_mnist_sweeps.NORMS}
     assert len(pi_mnist_sweeps.get_config("lr_search_full").runs) == 7 * 3 * 2 * 2
     sizes = pi_mnist_sweeps.get_config("batch_sizes").runs
     assert not any(r["overrides"]["norm"] == "batch" and r["overrides"]["batch_size"] == 1
