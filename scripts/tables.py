@@ -135,24 +135,22 @@ def bn_reference(controls: list[metrics.RunRecord], fig6: list[metrics.RunRecord
 def bn_controls(controls: list[metrics.RunRecord], reference: list[metrics.RunRecord]) -> str:
     """Per batch size, the `reference` runs (bn_reference) and then each control: seeds,
     learning rate, final test error and training NLL (mean ± sample std over finished seeds),
-    and the epoch after which each seed's training NLL stays below 1e-3. Diverged seeds are
-    counted beside the finished ones."""
+    and the epoch after which each seed's training NLL stays below 1e-3. Diverged and unfinished
+    seeds are counted beside the finished ones."""
     groups: dict[tuple, list[metrics.RunRecord]] = {}
     for run in controls + reference:
-        if run.done:
-            key = (run.config["batch_size"], bn_variant(run.config), run.config["learning_rate"])
-            groups.setdefault(key, []).append(run)
+        key = (run.config["batch_size"], bn_variant(run.config), run.config["learning_rate"])
+        groups.setdefault(key, []).append(run)
     lines = ["| batch | BN run | seeds | learning rate | epochs | test error (%) | training NLL | "
              "epoch after which NLL < 1e-3, per seed |", "|---|---|---|---|---|---|---|---|"]
     for (bs, variant, lr), group in sorted(groups.items(), key=lambda kv: (
             -kv[0][0], not kv[0][1].startswith("Fig. 6"), kv[0][1])):
         group = sorted(group, key=lambda r: r.config.get("seed", 0))
         finished = [run for run in group if run.finished]
-        seeds = f"{len(finished)}" + (f" (+{len(group) - len(finished)} diverged)"
-                                      if len(finished) < len(group) else "")
+        left_out = [run for run in group if not run.finished]
+        seeds = f"{len(finished)}" + (f" ({left_out_note(left_out)})" if left_out else "")
         if not finished:
-            lines.append(f"| {bs} | {variant} | {seeds} | {lr:g} | {group[0].num_rounds} | "
-                         f"diverged | diverged | - |")
+            lines.append(f"| {bs} | {variant} | {seeds} | {lr:g} |" + _dashes(4))
             continue
         finals = [run.rows[-1] for run in finished]
         settles = [first_row_staying_below(run, "train_nll", 1e-3, "epoch") for run in finished]

@@ -107,6 +107,9 @@ def test_bn_controls_sit_beside_fig6s_bn_runs_at_their_batch_size(tmp_path):
                          **{**bn, "bn_eval_statistics": "batch"} if "statistics" in name else bn,
                          bn_unbiased_variance=variance)
         metrics.write_diverged(os.path.join(controls, name), 1, "epoch", "train_nll", math.nan)
+    # A seed still running is counted too, not shown.
+    _write_mnist_run(controls, "hidden_only_bs128_seed1", "batch", 128, 1, [0.5], num_epochs=2,
+                     **{**bn, "normalize_logits": False}, bn_unbiased_variance=False)
     control_runs = metrics.load_runs(controls)
     reference = tables.bn_reference(control_runs, metrics.load_runs(fig6))
     assert sorted(r.config["seed"] for r in reference) == [0, 1]  # BN at batch 128 only
@@ -116,9 +119,8 @@ def test_bn_controls_sit_beside_fig6s_bn_runs_at_their_batch_size(tmp_path):
     assert rows == [
         "| 128 | Fig. 6's BN (the reference) | 2 | 0.001 | 2 | 2.00 ± 0.00 | 1.3e-02 ± 0.0e+00 "
         "| -, - |",
-        "| 128 | batch statistics at evaluation | 0 (+1 diverged) | 0.001 | 2 | diverged | "
-        "diverged | - |",
-        "| 128 | hidden layers only | 1 | 0.001 | 2 | 1.00 | 1.3e-02 | - |",
+        "| 128 | batch statistics at evaluation | 0 (+1 diverged) | 0.001 | - | - | - | - |",
+        "| 128 | hidden layers only | 1 (+1 unfinished) | 0.001 | 2 | 1.00 | 1.3e-02 | - |",
         "| 128 | n - 1 variance | 1 (+1 diverged) | 0.001 | 2 | 4.00 | 1.3e-02 | - |"]
     assert "| 4 |" not in text
 
@@ -304,8 +306,17 @@ def test_seeds_to_settle_lists_every_open_claim(tmp_path):
     censored = claim("LN below BN, censored", "batch",
                      lambda run: math.inf if run.config["norm"] == "batch" else 1.0)
     reversed_claim = dataclasses.replace(open_claim, text="LN above BN", sign=+1)
-    rows = tables.seeds_to_settle([open_claim, settled, censored, reversed_claim],
-                                  records).splitlines()[2:]
+    # Fisher: every LN seed below 2 against no baseline seed (p = 0.1 at 3 a side); and against
+    # BN, every seed of both (no difference: nothing to resample).
+    below_2 = dataclasses.replace(claim("LN below 2 more often than none", "none",
+                                        lambda run: run.rows[-1]["x"] < 2), test="fisher", sign=+1)
+    no_difference = dataclasses.replace(below_2, text="LN below 2 more often than BN",
+                                        b={"norm": "batch"})
+    # Log-rank, one BN seed never getting there (1.3: censored): p = 0.4 at 3 a side.
+    times = dataclasses.replace(claim("LN there sooner than BN", "batch", lambda run: (
+        math.inf if run.rows[-1]["x"] > 1.25 else run.rows[-1]["x"])), test="logrank")
+    rows = tables.seeds_to_settle([open_claim, settled, censored, reversed_claim, below_2,
+                                   no_difference, times], records).splitlines()[2:]
     # Cohen's d of 0.0833 / 0.102 = 0.82: about 25 seeds a side, as in the textbook table; the
     # observed difference points to the verdict those seeds would likely give. The censored
     # claim goes to the rank test, and its estimate to resampling: 4 seeds a side separate
@@ -314,7 +325,13 @@ def test_seeds_to_settle_lists_every_open_claim(tmp_path):
     assert rows == [f"| LN below BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 | {t} | holds |",
                     f"| LN below BN, censored | x | 3, 3 | -inf (medians) | - | 4 | {resampled} "
                     "| holds |",
-                    f"| LN above BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 | {t} | does not hold |"]
+                    f"| LN above BN | x | 3, 3 | -0.0833 | 0.1, 0.104 | 25 | {t} | does not hold |",
+                    f"| LN below 2 more often than none | x | 3, 3 | +100 points of seeds | - | 4 "
+                    f"| {resampled} | holds |",
+                    "| LN below 2 more often than BN | x | 3, 3 | +0 points of seeds | - | - | "
+                    f"{resampled} | - |",
+                    "| LN there sooner than BN | x | 3, 3 | -0.05 (medians) | - | 25 | "
+                    f"{resampled} | holds |"]
 
 
 def test_logrank_matches_the_textbook_sums_and_takes_censored_times():
