@@ -451,6 +451,10 @@ def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
         config = sweep_runner.resolved_config(plan, dict(run["overrides"])).to_dict()
         workdir = os.path.join(records_dir, run["name"])
         metrics.write_config(workdir, config)
+        if records_dir.endswith("batch_sizes") and run["name"] == "batch_bs2_seed0":
+            # Diverged in its first epoch: the final-value tables and figures must count it.
+            metrics.write_diverged(workdir, 0, "epoch", "train_loss", math.nan)
+            continue
         rounds = config.get("num_epochs") or config["num_updates"] // config["eval_every"]
         for i in range(rounds):
             metrics.append_metrics(workdir, {
@@ -477,6 +481,8 @@ def test_reproduce_builds_every_figure_and_table_from_the_sweeps(tmp_path, monke
     for name in expected:
         assert _is_png(os.path.join(plan.out_dir, name)), name
     assert os.path.exists(os.path.join(plan.out_dir, "fig6_table.md"))
+    if profile == "full":  # read through reports.load: diverged records reach the tables
+        assert "| batch | - | 2.00 ± 0.00 (2) (+1 diverged) |" in report
 
 
 def test_every_figure_and_table_reads_sources_its_profiles_define():
