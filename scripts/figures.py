@@ -167,8 +167,8 @@ def batch_sizes(records: list[metrics.RunRecord], out: str) -> str:
 
 def learning_rates(records: list[metrics.RunRecord], out: str) -> str:
     """The learning-rate search as curves: final validation error against the rate per norm, one
-    panel per batch size, each spanning every rate searched. Each seed is a dot, the line joins
-    the means of the rates at which no seed diverged, the chosen rate
+    panel per batch size, each spanning the rates searched at any batch size. Each seed is a
+    dot, the line joins the means of the rates at which no seed diverged, the chosen rate
     (tables.mnist_learning_rates) is ringed, and a rate at which a seed diverged is an x along
     the top."""
     done = [r for r in records if r.done]
@@ -178,7 +178,7 @@ def learning_rates(records: list[metrics.RunRecord], out: str) -> str:
     _, chosen = tables.mnist_learning_rates(done)
     groups = metrics.group_runs(done, ("norm", "batch_size", "learning_rate"))
     sizes = sorted({bs for _, bs, _ in groups}, reverse=True)
-    # Every panel spans every rate searched, so that a search under way shows what is left.
+    # Every panel spans the rates searched at any batch size: a search under way shows its gaps.
     grid = sorted({lr for _, _, lr in groups})
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.5), squeeze=False,
                              sharey=True)
