@@ -152,7 +152,7 @@ def seeds_for_power_by_resampling(a: Sequence, b: Sequence,
     Rougher than seeds_for_power:
     - the few observed seeds stand in for the whole distribution (a group whose seeds all failed
       is taken never to succeed), and resampling a few values makes ties, which the exact rank
-      test does not correct for (its p is then somewhat conservative);
+      test does not correct for (its p is then only approximate);
     - the grid is bisected, which assumes power grows with the seeds. It does on average, but
       an exact test's discreteness can make it dip from one count to the next, so the answer is
       a point where the power crosses `power`, not always the first.
