@@ -136,7 +136,8 @@ def batch_sizes(records: list[metrics.RunRecord], out: str) -> str:
         raise ValueError("no finished or diverged runs in these records; run the batch_sizes "
                          "sweep first.")
     errors = tables.final_values(records)
-    diverged = {norm: sum(r.diverged is not None and r.config["norm"] == norm for r in records)
+    by_cell = tables.diverged_counts(records)
+    diverged = {norm: sum(n for (cell_norm, _), n in by_cell.items() if cell_norm == norm)
                 for norm in NORMS}
     epochs = sorted({r.config["num_epochs"] for r in records if r.done})
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -281,9 +281,9 @@ class Table:
     sources: tuple[str, ...]  # all needed
     make: Callable[[dict[str, list[metrics.RunRecord]]], str]
     optional: tuple[str, ...] = ()  # read when the profile has them
-    # Its numbers are final values: it reads only the runs that are done, finished or diverged
-    # (partial runs would mislead; diverged ones are counted, not dropped).
-    done_only: bool = False
+    # The records it reads, of its sources' (all by default; final-value tables read the runs
+    # that are done, finished or diverged: partial ones would mislead, diverged ones are counted).
+    reads: Callable[[metrics.RunRecord], bool] = lambda run: True
     # The records it shows, of those read (and so those its provenance line counts): all of them
     # when None.
     select: Callable[[dict[str, list[metrics.RunRecord]]], dict] | None = None
@@ -312,7 +312,7 @@ TABLES = (
     Table("fig6 short search table", ("fig6_short_search",),
           lambda r: tables.fig6(r["fig6_short_search"])),
     Table("batch_sizes table", ("batch_sizes",), lambda r: tables.batch_sizes(r["batch_sizes"]),
-          done_only=True),
+          reads=operator.attrgetter("done")),
     Table("mnist lr table", ("mnist_lr",), lambda r: tables.mnist_learning_rates(r["mnist_lr"])[0]),
     Table("mnist lr full table", ("mnist_lr_full",),
           lambda r: tables.mnist_learning_rates(r["mnist_lr_full"])[0]),
@@ -321,7 +321,8 @@ TABLES = (
           optional=("fig6",), select=lambda r: {**r, "fig6": tables.bn_reference(
               r["bn_controls"], r.get("fig6", []))}),
     Table("batch_sizes long table", ("batch_sizes_long",),
-          lambda r: tables.batch_sizes(r["batch_sizes_long"]), done_only=True),
+          lambda r: tables.batch_sizes(r["batch_sizes_long"]),
+          reads=operator.attrgetter("done")),
     Table("reader table", ("fig2",), lambda r: tables.reader(r["fig2"])),
     Table("gain table", ("gain", "fig2"), lambda r: tables.gain(_all(r))),
     Table("reader lr table", ("reader_lr",),
@@ -401,8 +402,7 @@ def build(profile: Profile, write_figures: bool = True, computed: bool = True
         if table.name in profile.skip or not set(table.sources) <= set(profile.sources):
             continue
         present = tuple(name for name in table.optional if name in profile.sources)
-        records = load(profile, table.sources + present,
-                       operator.attrgetter("done") if table.done_only else lambda run: True)
+        records = load(profile, table.sources + present, table.reads)
         if table.select:
             records = table.select(records)
         # Records of its own sources (of any, for a table with only optional ones).

@@ -224,16 +224,22 @@ def final_values(records: list[metrics.RunRecord], key: str = "test_error"
     return values
 
 
+def diverged_counts(records: list[metrics.RunRecord]) -> dict[tuple[str, int], int]:
+    """(norm, batch size) -> how many of its runs diverged (only those with any)."""
+    counts: dict[tuple[str, int], int] = {}
+    for run in records:
+        if run.diverged is not None:
+            key = (run.config["norm"], run.config["batch_size"])
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def batch_sizes(records: list[metrics.RunRecord]) -> str:
     """One row per norm, one column per batch size: mean final test error (%) ± the sample
     standard deviation over finished seeds, with the seed and epoch counts under it, and the
     seeds that diverged beside it."""
     errors = final_values(records)
-    diverged: dict[tuple[str, int], int] = {}
-    for run in records:
-        if run.diverged is not None:
-            key = (run.config["norm"], run.config["batch_size"])
-            diverged[key] = diverged.get(key, 0) + 1
+    diverged = diverged_counts(records)
     norms = [n for n in NORM_ORDER if n in errors or any(k[0] == n for k in diverged)]
     sizes = sorted({bs for by_size in errors.values() for bs in by_size}
                    | {bs for _, bs in diverged})
@@ -381,20 +387,19 @@ def _select(records, where: Mapping[str, object]) -> tuple[list[metrics.RunRecor
     return finished, sum(r.diverged is not None for r in matching)
 
 
-def _format_effect(c: stats.Comparison) -> str:
-    if c.test == "Fisher":
-        return f"{100 * c.effect:+.0f} points of seeds"
-    if np.isnan(c.low):
-        return f"{_format_number(c.effect, '+')} (medians)"
-    return (f"{_format_number(c.effect, '+')} [{_format_number(c.low, '+')}, "
-            f"{_format_number(c.high, '+')}]")
-
-
 def _format_point_effect(c: stats.Comparison) -> str:
     """The effect alone, without its interval."""
     if c.test == "Fisher":
         return f"{100 * c.effect:+.0f} points of seeds"
     return _format_number(c.effect, "+") + ("" if c.test == "Welch" else " (medians)")
+
+
+def _format_effect(c: stats.Comparison) -> str:
+    """The effect, with its 95% interval where the test gives one."""
+    if np.isnan(c.low):
+        return _format_point_effect(c)
+    return (f"{_format_point_effect(c)} [{_format_number(c.low, '+')}, "
+            f"{_format_number(c.high, '+')}]")
 
 
 def _format_number(x: float, sign: str = "") -> str:
