@@ -79,7 +79,7 @@ results: setup
 
 # Each benchmark's output is saved in results/benchmarks/ (the README's benchmark tables are
 # rebuilt from these files by `make results`).
-BENCHMARKS := ops train reader members
+BENCHMARKS := ops train reader members processes
 benchmark: setup
 	@mkdir -p results/benchmarks
 	set -o pipefail; for b in $(BENCHMARKS); do \

@@ -55,6 +55,13 @@ def git_state(repo: str = REPO) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+def usable_cpus() -> int | None:
+    """How many cores this process may run on (os.cpu_count() where affinity is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
 def collect(matmul_precision: str) -> dict[str, Any]:
     """The provenance of a run started now in this process (call after jax.distributed)."""
     devices = jax.devices()
@@ -68,6 +75,10 @@ def collect(matmul_precision: str) -> dict[str, Any]:
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         "cpu_count": os.cpu_count(),  # XLA:CPU is one device however many cores it uses
+        # The cores this process may run on (fewer than cpu_count under taskset or a cgroup's
+        # cpuset) and XLA's flags: both change a CPU run's speed, and flags can change numerics.
+        "cpus_usable": usable_cpus(),
+        "xla_flags": os.environ.get("XLA_FLAGS") or None,
         "process_count": jax.process_count(),
         "matmul_precision": matmul_precision,
         # Which layer norm ops.layer_norm runs here by default: the fused Pallas kernel on a

@@ -367,7 +367,7 @@ COMPUTED = {"invariance table": lambda: invariance.format_table(invariance.compu
 # Saved outputs of the measuring scripts, as `make benchmark` and `make diagnostics` save them
 # (results/<folder>/<name>.md): the README shows the saved output, so every number there was
 # printed by a script run. README block -> file below results/.
-BENCHMARKS = ("ops", "train", "reader", "members")
+BENCHMARKS = ("ops", "train", "reader", "members", "processes")
 SAVED_OUTPUTS = {**{f"benchmark {name}": f"benchmarks/{name}.md" for name in BENCHMARKS},
                  "init gradients": "diagnostics/init_gradients.md"}
 

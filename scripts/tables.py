@@ -526,8 +526,14 @@ def runtimes(records: Mapping[str, list[metrics.RunRecord]],
 
 
 def machine_label(entry: Mapping) -> str:
-    """'cpu (2 cores)' or 'NVIDIA H100 80GB HBM3 (1 device)' from one provenance entry."""
+    """'cpu (2 cores)', 'cpu (1 of 2 cores)' (a process pinned to fewer cores than the machine
+    has) or 'NVIDIA H100 80GB HBM3 (1 device)' from one provenance entry."""
     if entry.get("backend") == "cpu":
-        return f"cpu ({entry['cpu_count']} cores)" if entry.get("cpu_count") else "cpu"
+        cores, usable = entry.get("cpu_count"), entry.get("cpus_usable")
+        if not cores:
+            return "cpu"
+        if usable and usable < cores:
+            return f"cpu ({usable} of {cores} cores)"
+        return f"cpu ({cores} cores)"
     count = entry.get("device_count", 0)
     return f"{entry.get('device_kind', '?')} ({count} device{'s' * (count != 1)})"

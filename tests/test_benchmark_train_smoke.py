@@ -1,16 +1,19 @@
-"""Smoke tests of scripts/benchmark_train.py, benchmark_reader.py and benchmark_members.py:
---quick runs end to end in-process, the flags parsed as `python -m` parses them, and prints
-every table row with positive, consistent numbers."""
+"""Smoke tests of scripts/benchmark_train.py, benchmark_reader.py, benchmark_members.py and
+benchmark_processes.py:
+--quick runs end to end (in-process; benchmark_processes's workers are subprocesses), the flags
+parsed as `python -m` parses them, and prints every table row with positive, consistent numbers."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from scripts import benchmark_common, benchmark_members, benchmark_reader, benchmark_train
+from scripts import (benchmark_common, benchmark_members, benchmark_processes, benchmark_reader,
+                     benchmark_train)
 
 NUMBER = r"(\d+\.\d+)"
 
@@ -123,3 +126,25 @@ def test_benchmark_members_quick(capsys):
     assert re.search(r"^(worst ratio vmapped/sequential: \d+\.\d+x|CPU: train_members runs the "
                      r"sequential program, 1\.00x by construction \(goal >= 0\.95x: MET\); "
                      r"vmapped would run at \d+\.\d+x-\d+\.\d+x)$", out, re.MULTILINE), out
+
+
+@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2,
+                    reason="needs os.sched_getaffinity and 2 usable cores")
+def test_benchmark_processes_quick():
+    """Worker processes, one shared and one pinned per core, time the same rounds on command."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    row = benchmark_processes.measure(4, cores, repeats=1, quick=True)
+    assert row["shared"] > 0 and row["per_core"] > row["per_core_run"] > 0
+    assert row["ratio"] == pytest.approx(row["per_core"] / row["shared"])
+    table = benchmark_processes.format_table([row], len(cores))
+    assert re.search(r"^\| 4 \| \d+ \| \d+ \| \d+\.\d\dx \| \d+ \|$", table, re.MULTILINE), table
+
+
+def test_a_failing_benchmark_worker_says_why():
+    worker = benchmark_processes.Worker(3, quick=True)  # no round size for batch 3
+    try:
+        with pytest.raises(RuntimeError, match=r"worker \(shared\) exited with status 1:"
+                                               r"(.|\n)*KeyError: 3"):
+            worker.wait_ready()
+    finally:
+        worker.close()

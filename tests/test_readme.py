@@ -64,6 +64,7 @@ def test_the_readme_shows_commands_for_every_entry_point():
                 "experiments.prepare_data", "scripts.reproduce", "scripts.update_results",
                 "scripts.invariance_table", "scripts.benchmark_ops", "scripts.benchmark_train",
                 "scripts.benchmark_reader", "scripts.benchmark_members",
+                "scripts.benchmark_processes",
                 "scripts.init_gradients"}
     assert expected <= modules, expected - modules
     assert not re.search(r"(?<![\w/.-])python3? -m ", prose(README)), \

@@ -574,3 +574,29 @@ def test_saved_outputs_become_readme_blocks_with_their_headings_moved_down(tmp_p
     assert blocks["init gradients"].endswith("| 1 |")
     assert set(reports.SAVED_OUTPUTS) == {"init gradients"} | {
         f"benchmark {name}" for name in reports.BENCHMARKS}
+
+
+def test_runtimes_name_the_cores_each_run_could_use(tmp_path):
+    root = str(tmp_path / "fig6")
+    for seed in (0, 1, 2):
+        _write_mnist_run(root, f"layer_bs4_seed{seed}", "layer", 4, seed, [0.03] * (seed + 1),
+                         num_epochs=seed + 1)
+    machine = {"backend": "cpu", "cpu_count": 2, "matmul_precision": "highest", "commit": None,
+               "dirty": None}
+    # Seed 1 ran alone; seed 2 started pinned to one core (taskset) and resumed on both.
+    metrics.append_provenance(os.path.join(root, "layer_bs4_seed1"), 0,
+                              {**machine, "cpus_usable": 2})
+    metrics.append_provenance(os.path.join(root, "layer_bs4_seed2"), 0,
+                              {**machine, "cpus_usable": 1})
+    metrics.append_provenance(os.path.join(root, "layer_bs4_seed2"), 1,
+                              {**machine, "cpus_usable": 2})
+    records = {"fig6": metrics.load_runs(root)}
+
+    text = tables.runtimes(records, [("Fig. 6, batch 4", "fig6", {"batch_size": 4}),
+                                     ("Fig. 6, batch 128", "fig6", {"batch_size": 128})])
+    # 1, 2 and 3 rounds of 30 s: median 1.0 min, 3.0 min in all; no batch-128 runs, no row.
+    assert text.splitlines()[2:] == [
+        "| Fig. 6, batch 4 | 3 | 1.0 | 0.1 | cpu (1 of 2 cores), cpu (2 cores) |"]
+    assert tables.machine_label({"backend": "cpu"}) == "cpu"  # a record from before cpu_count
+    assert tables.machine_label({"backend": "gpu", "device_kind": "NVIDIA H100",
+                                 "device_count": 1}) == "NVIDIA H100 (1 device)"

@@ -238,6 +238,8 @@ def test_record_says_what_made_it(tiny, tmp_path):
     assert entry["device_kind"] == jax.devices()[0].device_kind
     assert entry["device_count"] == jax.device_count() and entry["process_count"] == 1
     assert entry["packages"]["jax"] == jax.__version__
+    assert entry["cpus_usable"] == len(os.sched_getaffinity(0))
+    assert entry["xla_flags"] == (os.environ.get("XLA_FLAGS") or None)  # tests/conftest.py's
     assert entry["python"] and entry["started"].endswith("+00:00")
     record = metrics.load_run(str(tmp_path))
     assert record.made_by == f"{(head or 'no-git')[:7]}{'+dirty' if entry['dirty'] else ''} " \
