@@ -21,6 +21,11 @@ from lnrepro import ops
 # The libraries whose versions can change a run's numbers or its record.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint",
             "tensorflow-datasets", "ml_collections")
+# What a run's float32 rounding depends on besides its config, code and packages. A run resumed
+# with one of them changed goes on correctly, but not bit for bit as an uninterrupted run would:
+# XLA:CPU, for one, splits its loops and reductions by the number of cores it may use.
+NUMERICS_KEYS = ("backend", "device_kind", "device_count", "process_count", "cpus_usable",
+                 "xla_flags", "matmul_precision", "layer_norm")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -60,6 +65,18 @@ def usable_cpus() -> int | None:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count()
+
+
+def numerics_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for each of NUMERICS_KEYS and PACKAGES that differs between two
+    provenance entries. A key the earlier entry lacks (a record from before it was kept) is
+    not compared."""
+    changes = [f"{key}: {before[key]!r} -> {now.get(key)!r}" for key in NUMERICS_KEYS
+               if key in before and before[key] != now.get(key)]
+    old, new = before.get("packages", {}), now.get("packages", {})
+    changes += [f"{name}: {old[name]} -> {new.get(name)}" for name in old
+                if old[name] != new.get(name)]
+    return changes
 
 
 def collect(matmul_precision: str) -> dict[str, Any]:

@@ -500,8 +500,15 @@ def _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers):
                                 "they are recomputed.", task.round_name, dropped, workdir,
                                 metrics.METRICS_FILE)
             metrics.truncate_metrics(workdir, first_round - 1)
-            metrics.append_provenance(workdir, first_round,
-                                      provenance.collect(config.matmul_precision))
+            now = provenance.collect(config.matmul_precision)
+            earlier = [entry for entry in metrics.read_provenance(workdir)
+                       if entry["first_round"] < first_round]
+            changes = provenance.numerics_changes(earlier[-1], now) if earlier else []
+            if changes:
+                logging.warning("Resuming %s with %s changed since its last start: the rounds "
+                                "from here match an uninterrupted run to float32 rounding, not "
+                                "bit for bit.", workdir, "; ".join(changes))
+            metrics.append_provenance(workdir, first_round, now)
     if first_round:
         logging.info("Resuming %s after %s %d.", ", ".join(workdirs), task.round_name,
                      first_round)

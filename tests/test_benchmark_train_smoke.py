@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 import pytest
 from absl import flags
@@ -128,23 +129,56 @@ def test_benchmark_members_quick(capsys):
                      r"vmapped would run at \d+\.\d+x-\d+\.\d+x)$", out, re.MULTILINE), out
 
 
-@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2,
-                    reason="needs os.sched_getaffinity and 2 usable cores")
-def test_benchmark_processes_quick():
-    """Worker processes, one shared and one pinned per core, time the same rounds on command."""
-    cores = sorted(os.sched_getaffinity(0))[:2]
-    row = benchmark_processes.measure(4, cores, repeats=1, quick=True)
-    assert row["shared"] > 0 and row["per_core"] > row["per_core_run"] > 0
-    assert row["ratio"] == pytest.approx(row["per_core"] / row["shared"])
-    table = benchmark_processes.format_table([row], len(cores))
-    assert re.search(r"^\| 4 \| \d+ \| \d+ \| \d+\.\d\dx \| \d+ \|$", table, re.MULTILINE), table
+def _usable_cores():
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
-def test_a_failing_benchmark_worker_says_why():
-    worker = benchmark_processes.Worker(3, quick=True)  # no round size for batch 3
+needs_taskset = pytest.mark.skipif(not _usable_cores() or shutil.which("taskset") is None,
+                                   reason="needs Linux's taskset")
+
+
+@needs_taskset
+def test_benchmark_processes_quick(capsys, monkeypatch):
+    """Worker processes, one on every core and one pinned per core, time rounds on command."""
+    cores = _usable_cores()
+    if len(cores) < 2:
+        # One core: main has nothing to compare; two workers pinned to it still smoke-test.
+        run_main(benchmark_processes, "--quick", "--repeats=1")
+        assert "One usable core: nothing to compare." in capsys.readouterr().out
+        row = benchmark_processes.measure(4, cores * 2, repeats=1, quick=True)
+        assert row["shared"] > 0 and row["per_core_run"] > 0
+        return
+    monkeypatch.setattr(benchmark_processes, "BATCH_SIZES", (4,))
+    run_main(benchmark_processes, "--quick", "--repeats=2")
+    out = capsys.readouterr().out
+    assert f"CPU backend; {os.cpu_count()} cpus, {len(cores)} usable; load average" in out
+    row = re.search(rf"^\| 4 \| (\d+) \| (\d+) \| {NUMBER}x \| {NUMBER}x-{NUMBER}x \| (\d+) \|$",
+                    out, re.MULTILINE)
+    assert row, out
+    shared, summed, ratio, low, high, one_run = (float(v) for v in row.groups())
+    assert shared > 0 and one_run > 0 and summed > 0
+    assert low <= high and abs(ratio - summed / shared) < 0.01 + 0.01 * ratio
+    assert re.search(r"^- batch 4: per core >= 1.1x shared: \d+\.\d+x -> (MET|NOT MET)$", out,
+                     re.MULTILINE), out
+
+
+@needs_taskset
+def test_benchmark_workers_run_where_they_should():
+    """A worker that is not pinned with single-threaded matmuls stops the benchmark rather than
+    timing the wrong thing; a failing worker says why."""
+    cores = _usable_cores()
+    unpinned = benchmark_processes.Worker(4, quick=True)
+    unpinned.cpu = cores[0]  # taken for a pinned one: on every core, without the flag
+    try:
+        with pytest.raises(RuntimeError, match=rf"worker \(shared\) runs on cores "
+                                               rf"\[{', '.join(map(str, cores))}\] with XLA_FLAGS"):
+            unpinned.wait_ready(cores)
+    finally:
+        unpinned.close()
+    broken = benchmark_processes.Worker(3, quick=True)  # no round size for batch 3
     try:
         with pytest.raises(RuntimeError, match=r"worker \(shared\) exited with status 1:"
                                                r"(.|\n)*KeyError: 3"):
-            worker.wait_ready()
+            broken.wait_ready(cores)
     finally:
-        worker.close()
+        broken.close()

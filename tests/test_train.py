@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import pi_mnist as pi_mnist_config
-from lnrepro import metrics, train
+from lnrepro import metrics, provenance, train
 from lnrepro.tasks import pi_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,9 +149,40 @@ def test_killed_run_resumes_to_the_same_metrics(tiny, tmp_path, caplog):
         resumed = train.train_and_evaluate(config, workdir, build(load_split))
     assert f"Dropping epoch(s) [3] of {workdir}/metrics.jsonl: recorded after the last " \
         "checkpoint" in caplog.text  # never shortened without a message
+    assert "changed since its last start" not in caplog.text  # the same process, same numerics
     assert without_timing(resumed) == without_timing(straight)
     # Provenance says what made each part: the first start (rounds 0-1) and the resume.
     assert [p["first_round"] for p in metrics.read_provenance(workdir)] == [0, 2]
+
+
+def test_resume_on_other_cores_or_flags_says_it_is_not_bit_for_bit(tiny, tmp_path, caplog,
+                                                                    monkeypatch):
+    data_dir, load_split = tiny
+    config = small_config(data_dir, num_epochs=2)
+    build_killed_in_epoch_2, Killed = killed_after(1, load_split)
+    with pytest.raises(Killed):
+        train.train_and_evaluate(config, str(tmp_path), build_killed_in_epoch_2)
+    (first,) = metrics.read_provenance(str(tmp_path))
+    monkeypatch.setattr(provenance, "usable_cpus", lambda: 99)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    with caplog.at_level(logging.WARNING):
+        rows = train.train_and_evaluate(config, str(tmp_path), build(load_split))
+    assert len(rows) == 2  # it resumes, and says what changed
+    assert (f"Resuming {tmp_path} with cpus_usable: {first['cpus_usable']} -> 99; xla_flags: "
+            f"{first['xla_flags']!r} -> '--xla_cpu_multi_thread_eigen=false' changed since its "
+            "last start: the rounds from here match an uninterrupted run to float32 rounding, "
+            "not bit for bit.") in caplog.text
+
+
+def test_numerics_changes_compare_what_both_entries_recorded():
+    before = {"backend": "cpu", "cpus_usable": 2, "packages": {"jax": "0.10.2", "numpy": "2.1"}}
+    assert provenance.numerics_changes(before, {**before, "commit": "abc"}) == []
+    now = {**before, "backend": "gpu", "xla_flags": "--x", "packages": {"jax": "0.11.0",
+                                                                       "numpy": "2.1"}}
+    assert provenance.numerics_changes(before, now) == ["backend: 'cpu' -> 'gpu'",
+                                                        "jax: 0.10.2 -> 0.11.0"]
+    # A record from before cpus_usable and xla_flags were kept: only what it has is compared.
+    assert provenance.numerics_changes({"backend": "cpu"}, {**before, "cpus_usable": 1}) == []
 
 
 def test_resume_with_a_different_config_is_refused(tiny, tmp_path):
@@ -238,7 +269,7 @@ def test_record_says_what_made_it(tiny, tmp_path):
     assert entry["device_kind"] == jax.devices()[0].device_kind
     assert entry["device_count"] == jax.device_count() and entry["process_count"] == 1
     assert entry["packages"]["jax"] == jax.__version__
-    assert entry["cpus_usable"] == len(os.sched_getaffinity(0))
+    assert entry["cpus_usable"] == provenance.usable_cpus() >= 1
     assert entry["xla_flags"] == (os.environ.get("XLA_FLAGS") or None)  # tests/conftest.py's
     assert entry["python"] and entry["started"].endswith("+00:00")
     record = metrics.load_run(str(tmp_path))
