@@ -93,7 +93,8 @@ def collect(matmul_precision: str) -> dict[str, Any]:
         "device_count": len(devices),
         "cpu_count": os.cpu_count(),  # XLA:CPU is one device however many cores it uses
         # The cores this process may run on (fewer than cpu_count under taskset or a cgroup's
-        # cpuset) and XLA's flags: both change a CPU run's speed, and flags can change numerics.
+        # cpuset) and XLA's flags: both change a CPU run's speed, and either can change its
+        # rounding (the core count does: XLA:CPU splits its loops and reductions by it).
         "cpus_usable": usable_cpus(),
         "xla_flags": os.environ.get("XLA_FLAGS") or None,
         "process_count": jax.process_count(),
