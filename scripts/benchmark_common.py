@@ -67,6 +67,11 @@ def machine() -> str:
 MLP_QUICK_HIDDEN = (16, 16)
 
 
+def mlp_hidden_sizes(quick: bool) -> tuple[int, ...]:
+    """The MLP's hidden sizes: configs/pi_mnist.py's, or tiny ones for --quick."""
+    return MLP_QUICK_HIDDEN if quick else tuple(pi_mnist_config_file.get_config().hidden_sizes)
+
+
 def mlp_config(norm: str, batch_size: int, steps_per_call: int, hidden_sizes,
                log_grad_norm: bool | None = None, seed: int = 0):
     """configs/pi_mnist.py with these settings, resolved by the task (steps_per_call 0: its

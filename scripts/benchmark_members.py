@@ -141,7 +141,7 @@ def measure(workload: Workload, repeats: int) -> tuple[float, float]:
 def main(argv):
     quick, repeats = benchmark_common.start(argv, repeats=3, quick_repeats=3)
     members = (2,) if quick else tuple(int(k) for k in _MEMBERS.value)
-    hidden = benchmark_common.MLP_QUICK_HIDDEN if quick else (1000, 1000)
+    hidden = benchmark_common.mlp_hidden_sizes(quick)
     size = (benchmark_common.READER_QUICK_SIZES["quick"] if quick
             else benchmark_common.READER_SIZES["cpu"])
     mesh = train.make_mesh()

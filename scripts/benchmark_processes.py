@@ -41,7 +41,6 @@ import tempfile
 import jax
 from absl import app, flags
 
-from configs import pi_mnist as pi_mnist_config
 from lnrepro import train
 from scripts import benchmark_common
 
@@ -65,16 +64,12 @@ _WORKER_BATCH_SIZE = flags.DEFINE_integer("worker_batch_size", 4, "Internal: the
                                           "batch size.", lower_bound=1)
 
 
-def hidden_sizes(quick: bool) -> tuple[int, ...]:
-    return (benchmark_common.MLP_QUICK_HIDDEN if quick
-            else tuple(pi_mnist_config.get_config().hidden_sizes))
-
-
 def worker(batch_size: int, quick: bool) -> None:
     """One timed run: once compiled, prints 'ready' with the cores it may use and its XLA flags
     (JSON), then the examples/s of one round per 'go' line on stdin, until stdin closes."""
     steps = (QUICK_STEPS_PER_ROUND if quick else STEPS_PER_ROUND)[batch_size]
-    config = benchmark_common.mlp_config(NORM, batch_size, 0, hidden_sizes(quick))
+    hidden = benchmark_common.mlp_hidden_sizes(quick)
+    config = benchmark_common.mlp_config(NORM, batch_size, 0, hidden)
     if steps % config.steps_per_call:  # a short last chunk would compile again
         raise ValueError(f"{steps} steps per round is not a multiple of steps_per_call "
                          f"{config.steps_per_call}.")
@@ -205,9 +200,10 @@ def header(cores: list[int], repeats: int, quick: bool) -> str:
     machine that would take the GPU), so it says what the workers run on instead."""
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     steps = QUICK_STEPS_PER_ROUND if quick else STEPS_PER_ROUND
+    hidden = "-".join(map(str, benchmark_common.mlp_hidden_sizes(quick)))
     return (f"jax {jax.__version__}, CPU backend; {os.cpu_count()} cpus, {len(cores)} usable; "
-            f"load average {load}; {repeats} repeats, medians; MLP "
-            f"784-{'-'.join(map(str, hidden_sizes(quick)))}-10 + Adam, {NORM} norm; "
+            f"load average {load}; {repeats} repeats, medians; MLP 784-{hidden}-10 + Adam, "
+            f"{NORM} norm; "
             + ", ".join(f"{steps[b]} steps per round at batch {b}" for b in BATCH_SIZES)
             + (" (QUICK: tiny model)" if quick else ""))
 

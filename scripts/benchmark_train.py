@@ -40,7 +40,6 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from configs import pi_mnist as pi_mnist_config
 from lnrepro import train
 from scripts import benchmark_common
 
@@ -103,8 +102,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv):
     quick, repeats = benchmark_common.start(argv, repeats=7, quick_repeats=3)
-    hidden = (benchmark_common.MLP_QUICK_HIDDEN if quick
-              else tuple(pi_mnist_config.get_config().hidden_sizes))
+    hidden = benchmark_common.mlp_hidden_sizes(quick)
     steps = QUICK_STEPS_PER_REPEAT if quick else STEPS_PER_REPEAT
 
     print(f"{benchmark_common.machine()}; {repeats} repeats, medians; MLP "
