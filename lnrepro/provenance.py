@@ -2,12 +2,14 @@
 
 `collect` describes the current process; the trainer appends it to the workdir's
 provenance.json each time a run starts or resumes (see `metrics.append_provenance`), so a record
-says which commit, library versions, device and matmul precision produced each of its rounds.
+says which commit (and exact source), library versions, device and matmul precision produced
+each of its rounds.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -26,7 +28,8 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint",
 # XLA:CPU, for one, splits its loops and reductions by the number of cores it may use.
 NUMERICS_KEYS = ("backend", "device_kind", "device_count", "process_count", "cpus_usable",
                  "xla_flags", "matmul_precision", "layer_norm")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))  # lnrepro/: the code that computes
+REPO = os.path.dirname(PACKAGE_DIR)
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -60,6 +63,31 @@ def git_state(repo: str = REPO) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+def source_digest(package_dir: str = PACKAGE_DIR) -> str:
+    """sha256 of the package's Python source: every .py file's path and bytes, in path order.
+
+    It names the code that computed a run's rounds where the commit cannot: a tree with
+    uncommitted changes, or a copy outside git.
+    """
+    paths = sorted(os.path.relpath(os.path.join(root, name), package_dir)
+                   for root, _, names in os.walk(package_dir)
+                   for name in names if name.endswith(".py"))
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(os.path.join(package_dir, path), "rb") as f:
+            source = f.read()
+        # Lengths delimit the fields, so no two different trees hash the same stream.
+        for part in (path.replace(os.sep, "/").encode(), source):
+            digest.update(len(part).to_bytes(8, "little") + part)
+    return digest.hexdigest()
+
+
+def source_changed(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether the package's source differs between two provenance entries (False when the
+    earlier one, from before the digest was kept, cannot say)."""
+    return "source_sha256" in before and before["source_sha256"] != now.get("source_sha256")
+
+
 def usable_cpus() -> int | None:
     """How many cores this process may run on (os.cpu_count() where affinity is unknown)."""
     if hasattr(os, "sched_getaffinity"):
@@ -85,6 +113,7 @@ def collect(matmul_precision: str) -> dict[str, Any]:
     return {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **git_state(),
+        "source_sha256": source_digest(),
         "python": platform.python_version(),
         "packages": package_versions(),
         "platform": platform.platform(),

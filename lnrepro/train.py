@@ -508,6 +508,12 @@ def _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers):
                 logging.warning("Resuming %s with %s changed since its last start: the rounds "
                                 "from here match an uninterrupted run to float32 rounding, not "
                                 "bit for bit.", workdir, "; ".join(changes))
+            if earlier and provenance.source_changed(earlier[-1], now):
+                logging.warning("Resuming %s with lnrepro's source changed since its last start "
+                                "(commit %s -> %s): the rounds from here are the new code's, and "
+                                "differ from an uninterrupted run's as far as the change reaches.",
+                                workdir, (earlier[-1].get("commit") or "unknown")[:7],
+                                (now["commit"] or "unknown")[:7])
             metrics.append_provenance(workdir, first_round, now)
     if first_round:
         logging.info("Resuming %s after %s %d.", ", ".join(workdirs), task.round_name,

@@ -174,6 +174,45 @@ def test_resume_on_other_cores_or_flags_says_it_is_not_bit_for_bit(tiny, tmp_pat
             "not bit for bit.") in caplog.text
 
 
+def test_resume_with_other_source_says_so(tiny, tmp_path, caplog, monkeypatch):
+    data_dir, load_split = tiny
+    config = small_config(data_dir, num_epochs=2)
+    build_killed_in_epoch_2, Killed = killed_after(1, load_split)
+    with pytest.raises(Killed):
+        train.train_and_evaluate(config, str(tmp_path), build_killed_in_epoch_2)
+    (first,) = metrics.read_provenance(str(tmp_path))
+    assert first["source_sha256"] == provenance.source_digest()
+    monkeypatch.setattr(provenance, "source_digest", lambda: "0" * 64)
+    with caplog.at_level(logging.WARNING):
+        rows = train.train_and_evaluate(config, str(tmp_path), build(load_split))
+    assert len(rows) == 2
+    commit = (first["commit"] or "unknown")[:7]
+    assert (f"Resuming {tmp_path} with lnrepro's source changed since its last start (commit "
+            f"{commit} -> {commit}): the rounds from here are the new code's") in caplog.text
+    assert [e["source_sha256"] for e in metrics.read_provenance(str(tmp_path))] == [
+        first["source_sha256"], "0" * 64]
+
+
+def test_source_digest_names_the_exact_source(tmp_path):
+    package = tmp_path / "lnrepro"
+    (package / "models").mkdir(parents=True)
+    (package / "ops.py").write_text("x = 1\n")
+    (package / "models" / "mlp.py").write_text("y = 2\n")
+    (package / "notes.txt").write_text("not code")
+    digest = provenance.source_digest(str(package))
+    assert len(digest) == 64 and digest == provenance.source_digest(str(package))
+    (package / "notes.txt").write_text("still not code")
+    assert provenance.source_digest(str(package)) == digest
+    (package / "ops.py").write_text("x = 2\n")  # one byte
+    assert provenance.source_digest(str(package)) != digest
+    (package / "ops.py").write_text("x = 1\n")
+    (package / "models" / "mlp.py").rename(package / "models" / "cnn.py")  # same bytes, renamed
+    assert provenance.source_digest(str(package)) != digest
+    assert provenance.source_changed({"source_sha256": "a"}, {"source_sha256": "b"})
+    assert not provenance.source_changed({"source_sha256": "a"}, {"source_sha256": "a"})
+    assert not provenance.source_changed({"commit": "abc"}, {"source_sha256": "b"})  # older record
+
+
 def test_numerics_changes_compare_what_both_entries_recorded():
     before = {"backend": "cpu", "cpus_usable": 2, "packages": {"jax": "0.10.2", "numpy": "2.1"}}
     assert provenance.numerics_changes(before, {**before, "commit": "abc"}) == []
@@ -272,6 +311,7 @@ def test_record_says_what_made_it(tiny, tmp_path):
     assert entry["cpus_usable"] == provenance.usable_cpus() >= 1
     assert entry["xla_flags"] == (os.environ.get("XLA_FLAGS") or None)  # tests/conftest.py's
     assert entry["python"] and entry["started"].endswith("+00:00")
+    assert entry["source_sha256"] == provenance.source_digest()
     record = metrics.load_run(str(tmp_path))
     assert record.made_by == f"{(head or 'no-git')[:7]}{'+dirty' if entry['dirty'] else ''} " \
                              f"{jax.default_backend()} float32"
