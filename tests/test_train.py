@@ -54,6 +54,17 @@ def killed_after(rounds_done: int, load_split):
     return build_task, Killed
 
 
+def killed_in_epoch_2(tiny, workdir):
+    """(config, provenance entry of its start): a 2-epoch run in `workdir` killed after epoch 1."""
+    data_dir, load_split = tiny
+    config = small_config(data_dir, num_epochs=2)
+    build_killed_in_epoch_2, Killed = killed_after(1, load_split)
+    with pytest.raises(Killed):
+        train.train_and_evaluate(config, workdir, build_killed_in_epoch_2)
+    (first,) = metrics.read_provenance(workdir)
+    return config, first
+
+
 def without_timing(rows):
     return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
 
@@ -157,12 +168,8 @@ def test_killed_run_resumes_to_the_same_metrics(tiny, tmp_path, caplog):
 
 def test_resume_on_other_cores_or_flags_says_it_is_not_bit_for_bit(tiny, tmp_path, caplog,
                                                                     monkeypatch):
-    data_dir, load_split = tiny
-    config = small_config(data_dir, num_epochs=2)
-    build_killed_in_epoch_2, Killed = killed_after(1, load_split)
-    with pytest.raises(Killed):
-        train.train_and_evaluate(config, str(tmp_path), build_killed_in_epoch_2)
-    (first,) = metrics.read_provenance(str(tmp_path))
+    config, first = killed_in_epoch_2(tiny, str(tmp_path))
+    _, load_split = tiny
     monkeypatch.setattr(provenance, "usable_cpus", lambda: 99)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     with caplog.at_level(logging.WARNING):
@@ -175,12 +182,8 @@ def test_resume_on_other_cores_or_flags_says_it_is_not_bit_for_bit(tiny, tmp_pat
 
 
 def test_resume_with_other_source_says_so(tiny, tmp_path, caplog, monkeypatch):
-    data_dir, load_split = tiny
-    config = small_config(data_dir, num_epochs=2)
-    build_killed_in_epoch_2, Killed = killed_after(1, load_split)
-    with pytest.raises(Killed):
-        train.train_and_evaluate(config, str(tmp_path), build_killed_in_epoch_2)
-    (first,) = metrics.read_provenance(str(tmp_path))
+    config, first = killed_in_epoch_2(tiny, str(tmp_path))
+    _, load_split = tiny
     assert first["source_sha256"] == provenance.source_digest()
     monkeypatch.setattr(provenance, "source_digest", lambda: "0" * 64)
     with caplog.at_level(logging.WARNING):
