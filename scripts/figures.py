@@ -257,9 +257,7 @@ def reader(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[
 def gain(records: list[metrics.RunRecord], out: str, reference_lines: Mapping[str, float]
          ) -> str:
     """LN-LSTM validation error by LN gain initialization (sec. 6.2)."""
-    lnlstm = [r for r in records
-              if r.config.get("cell") == "lnlstm" and not r.config.get("bn_everywhere")]
-    groups = metrics.group_runs(lnlstm, ("ln_gain_init",))
+    groups = metrics.group_runs(tables.gain_runs(records), ("ln_gain_init",))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for (value,), color in zip(sorted(groups, reverse=True), ("tab:red", "tab:orange", "tab:pink")):
         runs, left_out = metrics.prefer_finished(groups[(value,)])

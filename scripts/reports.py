@@ -17,6 +17,7 @@ import os
 import re
 from typing import Callable, Mapping
 
+from experiments import common
 from lnrepro import invariance, metrics
 from scripts import figures, tables
 
@@ -324,7 +325,8 @@ TABLES = (
           lambda r: tables.batch_sizes(r["batch_sizes_long"]),
           reads=operator.attrgetter("done")),
     Table("reader table", ("fig2",), lambda r: tables.reader(r["fig2"])),
-    Table("gain table", ("gain", "fig2"), lambda r: tables.gain(_all(r))),
+    Table("gain table", ("gain", "fig2"), lambda r: tables.gain(_all(r)),
+          select=lambda r: {name: tables.gain_runs(runs) for name, runs in r.items()}),
     Table("reader lr table", ("reader_lr",),
           lambda r: tables.reader_learning_rates(r["reader_lr"])),
     Table("reader long lr table", ("reader_long_lr",),
@@ -392,6 +394,44 @@ def load(profile: Profile, names, keep: Callable[[metrics.RunRecord], bool] = la
             for name in names}
 
 
+@functools.cache
+def sweep_run_names(sweep: str) -> frozenset[str]:
+    """The names of the runs a sweep ("<sweep file>:<name>") defines."""
+    return frozenset(run["name"] for run in common.load_config_file(sweep).runs)
+
+
+def progress_note(sources: Mapping[str, Source],
+                  records: Mapping[str, list[metrics.RunRecord]]) -> str:
+    """'Done: N of M runs of `<sweep>`.' for each source whose sweep has runs without a finished
+    (or diverged) record; '' when every run is done. A record the sweep no longer defines is
+    not counted."""
+    lines = []
+    for name, source in sources.items():
+        planned = sweep_run_names(source.sweep)
+        done = sum(run.done and run.name in planned for run in records.get(name, ()))
+        if done < len(planned):
+            lines.append(f"Done: {done} of {len(planned)} runs of `{source.sweep}`.")
+    return "\n".join(lines)
+
+
+def table_block(table: Table, records: dict[str, list[metrics.RunRecord]],
+                sources: Mapping[str, Source] | None = None) -> str:
+    """The table made from `records` (source -> the records it reads), with the line saying what
+    made the records it shows, and how far each of its own `sources`' sweeps has got where it
+    is not complete; NO_RUNS when its own sources hold none."""
+    sources = sources or {}
+    progress = progress_note({name: sources[name] for name in table.sources if name in sources},
+                             records)
+    if table.select:
+        records = table.select(records)
+    # Records of its own sources (of any, for a table with only optional ones).
+    own = [records[name] for name in table.sources] or list(records.values())
+    if not any(own):
+        return NO_RUNS
+    block = f"{table.make(records)}\n\n{metrics.provenance_note(_all(records))}"
+    return f"{block}\n{progress}" if progress else block
+
+
 def build(profile: Profile, write_figures: bool = True, computed: bool = True
           ) -> dict[str, str]:
     """Table name -> markdown for every table whose sources the profile has (NO_RUNS when they
@@ -402,13 +442,8 @@ def build(profile: Profile, write_figures: bool = True, computed: bool = True
         if table.name in profile.skip or not set(table.sources) <= set(profile.sources):
             continue
         present = tuple(name for name in table.optional if name in profile.sources)
-        records = load(profile, table.sources + present, table.reads)
-        if table.select:
-            records = table.select(records)
-        # Records of its own sources (of any, for a table with only optional ones).
-        own = [records[name] for name in table.sources] or list(records.values())
-        blocks[table.name] = (f"{table.make(records)}\n\n{metrics.provenance_note(_all(records))}"
-                              if any(own) else NO_RUNS)
+        blocks[table.name] = table_block(table, load(profile, table.sources + present,
+                                                     table.reads), profile.sources)
     for figure in FIGURES if write_figures else ():
         if set(figure.sources) <= set(profile.sources):
             records = load(profile, figure.sources, figure.draws)

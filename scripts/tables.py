@@ -327,11 +327,15 @@ def reader_learning_rates(records: list[metrics.RunRecord]) -> str:
     return "\n".join(lines)
 
 
+def gain_runs(records: list[metrics.RunRecord]) -> list[metrics.RunRecord]:
+    """The runs the gain table compares: the LN-LSTM's (BN-everywhere's LN-LSTM cells aside)."""
+    return [r for r in records
+            if r.config.get("cell") == "lnlstm" and not r.config.get("bn_everywhere")]
+
+
 def gain(records: list[metrics.RunRecord]) -> str:
     """LN-LSTM by gain initialization: best and final validation error over seeds."""
-    lnlstm = [r for r in records
-              if r.config.get("cell") == "lnlstm" and not r.config.get("bn_everywhere")]
-    groups = metrics.group_runs(lnlstm, ("ln_gain_init",))
+    groups = metrics.group_runs(gain_runs(records), ("ln_gain_init",))
     lines = ["| LN gain init | seeds | updates | best validation error (%) | final (%) | "
              f"updates to {100 * PLATEAU_EXIT:.0f}% |", "|---|---|---|---|---|---|"]
     for (value,), group in sorted(groups.items(), reverse=True):

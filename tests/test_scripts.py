@@ -157,6 +157,12 @@ def test_reader_table_and_plots(tmp_path):
     assert _is_png(figures.reader(records, str(tmp_path / "fig2.png"), lines,
                                   xs=("step", "minutes")))
     assert _is_png(figures.gain(records, str(tmp_path / "gain.png"), lines))
+    # The gain table shows the LN-LSTM's runs only, and its Made-by line counts those: the
+    # diverged seed among them, the LSTM not.
+    (gain_table,) = [table for table in reports.TABLES if table.name == "gain table"]
+    block = reports.table_block(gain_table, {"gain": [], "fig2": records})
+    assert block.startswith(tables.gain(records))
+    assert block.endswith("\n\nMade by (commit, backend, matmul precision): unrecorded (2 runs).")
 
 
 def test_runs_that_diverged_in_their_first_round_are_still_reported(tmp_path):
@@ -574,6 +580,29 @@ def test_saved_outputs_become_readme_blocks_with_their_headings_moved_down(tmp_p
     assert blocks["init gradients"].endswith("| 1 |")
     assert set(reports.SAVED_OUTPUTS) == {"init gradients"} | {
         f"benchmark {name}" for name in reports.BENCHMARKS}
+
+
+def test_tables_say_how_far_an_incomplete_sweep_has_got(tmp_path):
+    fig6 = reports.Source("configs/pi_mnist_sweeps.py:fig6", "fig6")
+    root = str(tmp_path / "fig6")
+    for name, norm, errors, epochs in (("layer_bs128_seed0", "layer", [0.02, 0.01], 2),
+                                       ("batch_bs128_seed0", "batch", [0.02, 0.01], 2),
+                                       ("none_bs128_seed0", "none", [0.02], 2),  # still running
+                                       ("layer_bs128_seed99", "layer", [0.02], 1)):  # not planned
+        _write_mnist_run(root, name, norm, 128, 0, errors, num_epochs=epochs)
+    records = {"fig6": metrics.load_runs(root)}
+    assert (reports.progress_note({"fig6": fig6}, records)
+            == "Done: 2 of 60 runs of `configs/pi_mnist_sweeps.py:fig6`.")
+    table = reports.Table("fig6 table", ("fig6",), lambda r: "| a table |")
+    assert reports.table_block(table, records, {"fig6": fig6}).splitlines()[-2:] == [
+        "Made by (commit, backend, matmul precision): unrecorded (4 runs).",
+        "Done: 2 of 60 runs of `configs/pi_mnist_sweeps.py:fig6`."]
+    # A complete sweep says nothing more.
+    gain = reports.Source("configs/attentive_reader_sweeps.py:gain", "gain")
+    root = str(tmp_path / "gain")
+    for seed in range(3):
+        _write_mnist_run(root, f"lnlstm_gain0.1_seed{seed}", "layer", 128, seed, [0.02])
+    assert reports.progress_note({"gain": gain}, {"gain": metrics.load_runs(root)}) == ""
 
 
 def test_runtimes_name_the_cores_each_run_could_use(tmp_path):
