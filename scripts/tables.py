@@ -328,7 +328,7 @@ def reader_learning_rates(records: list[metrics.RunRecord]) -> str:
 
 
 def gain_runs(records: list[metrics.RunRecord]) -> list[metrics.RunRecord]:
-    """The runs the gain table compares: the LN-LSTM's (BN-everywhere's LN-LSTM cells aside)."""
+    """The runs the gain table compares: the LN-LSTM's, without BN on the feed-forward terms."""
     return [r for r in records
             if r.config.get("cell") == "lnlstm" and not r.config.get("bn_everywhere")]
 
