@@ -218,13 +218,18 @@ class RunRecord:
         return [r[x] for r in rows], [r[key] for r in rows]
 
 
+def commit_label(entry: dict[str, Any]) -> str:
+    """A provenance entry's commit, short: '962e2ca', '962e2ca+dirty' (uncommitted changes) or
+    'no-git'."""
+    return (entry.get("commit") or "no-git")[:7] + ("+dirty" if entry.get("dirty") else "")
+
+
 def provenance_label(entry: dict[str, Any] | None) -> str:
     """A short name for what made a run, e.g. '962e2ca+dirty cpu highest' (commit, backend,
     matmul precision); 'unrecorded' for records made before provenance was kept."""
     if not entry:
         return "unrecorded"
-    commit = (entry.get("commit") or "no-git")[:7] + ("+dirty" if entry.get("dirty") else "")
-    return f"{commit} {entry.get('backend')} {entry.get('matmul_precision')}"
+    return f"{commit_label(entry)} {entry.get('backend')} {entry.get('matmul_precision')}"
 
 
 def provenance_note(records: Iterable[RunRecord]) -> str:

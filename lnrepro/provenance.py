@@ -67,11 +67,15 @@ def source_digest(package_dir: str = PACKAGE_DIR) -> str:
     """sha256 of the package's Python source: every .py file's path and bytes, in path order.
 
     It names the code that computed a run's rounds where the commit cannot: a tree with
-    uncommitted changes, or a copy outside git.
+    uncommitted changes, or a copy outside git. Counted: the regular .py files (or links to
+    them) under the package; not hidden names (an editor's lock file, `.#train.py`, is a
+    dangling link) nor what a linked folder holds.
     """
     paths = sorted(os.path.relpath(os.path.join(root, name), package_dir)
                    for root, _, names in os.walk(package_dir)
-                   for name in names if name.endswith(".py"))
+                   for name in names
+                   if name.endswith(".py") and not name.startswith(".")
+                   and os.path.isfile(os.path.join(root, name)))
     digest = hashlib.sha256()
     for path in paths:
         with open(os.path.join(package_dir, path), "rb") as f:

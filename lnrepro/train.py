@@ -510,10 +510,11 @@ def _run_rounds(configs, workdirs, tasks, mesh, states, train_rngs, managers):
                                 "bit for bit.", workdir, "; ".join(changes))
             if earlier and provenance.source_changed(earlier[-1], now):
                 logging.warning("Resuming %s with lnrepro's source changed since its last start "
-                                "(commit %s -> %s): the rounds from here are the new code's, and "
-                                "differ from an uninterrupted run's as far as the change reaches.",
-                                workdir, (earlier[-1].get("commit") or "unknown")[:7],
-                                (now["commit"] or "unknown")[:7])
+                                "(sha256 %s at %s -> %s at %s): the rounds from here are the new "
+                                "code's, and differ from an uninterrupted run's as far as the "
+                                "change reaches.", workdir, earlier[-1]["source_sha256"][:12],
+                                metrics.commit_label(earlier[-1]), now["source_sha256"][:12],
+                                metrics.commit_label(now))
             metrics.append_provenance(workdir, first_round, now)
     if first_round:
         logging.info("Resuming %s after %s %d.", ", ".join(workdirs), task.round_name,

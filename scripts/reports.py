@@ -403,8 +403,9 @@ def sweep_run_names(sweep: str) -> frozenset[str]:
 def progress_note(sources: Mapping[str, Source],
                   records: Mapping[str, list[metrics.RunRecord]]) -> str:
     """'Done: N of M runs of `<sweep>`.' for each source whose sweep has runs without a finished
-    (or diverged) record; '' when every run is done. A record the sweep no longer defines is
-    not counted."""
+    (or diverged) record; '' when every run is done. It counts the whole sweep's runs, whichever
+    of them a table shows. Records count by name: one the sweep no longer defines is left out,
+    and one made with other settings is the sweep's to refuse (experiments/sweep.py)."""
     lines = []
     for name, source in sources.items():
         planned = sweep_run_names(source.sweep)

@@ -590,13 +590,16 @@ def test_tables_say_how_far_an_incomplete_sweep_has_got(tmp_path):
                                        ("none_bs128_seed0", "none", [0.02], 2),  # still running
                                        ("layer_bs128_seed99", "layer", [0.02], 1)):  # not planned
         _write_mnist_run(root, name, norm, 128, 0, errors, num_epochs=epochs)
+    # A diverged run is done: re-running it would diverge again.
+    _write_mnist_run(root, "none_bs4_seed0", "none", 4, 0, [0.02], num_epochs=2)
+    metrics.write_diverged(os.path.join(root, "none_bs4_seed0"), 1, "epoch", "train_nll", math.nan)
     records = {"fig6": metrics.load_runs(root)}
     assert (reports.progress_note({"fig6": fig6}, records)
-            == "Done: 2 of 60 runs of `configs/pi_mnist_sweeps.py:fig6`.")
+            == "Done: 3 of 60 runs of `configs/pi_mnist_sweeps.py:fig6`.")
     table = reports.Table("fig6 table", ("fig6",), lambda r: "| a table |")
     assert reports.table_block(table, records, {"fig6": fig6}).splitlines()[-2:] == [
-        "Made by (commit, backend, matmul precision): unrecorded (4 runs).",
-        "Done: 2 of 60 runs of `configs/pi_mnist_sweeps.py:fig6`."]
+        "Made by (commit, backend, matmul precision): unrecorded (5 runs).",
+        "Done: 3 of 60 runs of `configs/pi_mnist_sweeps.py:fig6`."]
     # A complete sweep says nothing more.
     gain = reports.Source("configs/attentive_reader_sweeps.py:gain", "gain")
     root = str(tmp_path / "gain")

@@ -189,9 +189,10 @@ def test_resume_with_other_source_says_so(tiny, tmp_path, caplog, monkeypatch):
     with caplog.at_level(logging.WARNING):
         rows = train.train_and_evaluate(config, str(tmp_path), build(load_split))
     assert len(rows) == 2
-    commit = (first["commit"] or "unknown")[:7]
-    assert (f"Resuming {tmp_path} with lnrepro's source changed since its last start (commit "
-            f"{commit} -> {commit}): the rounds from here are the new code's") in caplog.text
+    commit = metrics.commit_label(first)
+    assert (f"Resuming {tmp_path} with lnrepro's source changed since its last start (sha256 "
+            f"{first['source_sha256'][:12]} at {commit} -> 000000000000 at {commit}): the "
+            "rounds from here are the new code's") in caplog.text
     assert [e["source_sha256"] for e in metrics.read_provenance(str(tmp_path))] == [
         first["source_sha256"], "0" * 64]
 
@@ -203,6 +204,10 @@ def test_source_digest_names_the_exact_source(tmp_path):
     (package / "models" / "mlp.py").write_text("y = 2\n")
     (package / "notes.txt").write_text("not code")
     digest = provenance.source_digest(str(package))
+    # An editor's lock file (a dangling link) and other hidden names are not source.
+    os.symlink("user@host.123", package / ".#ops.py")
+    (package / ".scratch.py").write_text("z = 3\n")
+    assert provenance.source_digest(str(package)) == digest
     assert len(digest) == 64 and digest == provenance.source_digest(str(package))
     (package / "notes.txt").write_text("still not code")
     assert provenance.source_digest(str(package)) == digest
