@@ -5,6 +5,7 @@ parsed as `python -m` parses them, and prints every table row with positive, con
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -167,18 +168,13 @@ def test_benchmark_workers_run_where_they_should():
     """A worker that is not pinned with single-threaded matmuls stops the benchmark rather than
     timing the wrong thing; a failing worker says why."""
     cores = _usable_cores()
-    unpinned = benchmark_processes.Worker(4, quick=True)
-    unpinned.cpu = cores[0]  # taken for a pinned one: on every core, without the flag
-    try:
+    with contextlib.closing(benchmark_processes.Worker(4, quick=True)) as unpinned:
+        unpinned.cpu = cores[0]  # taken for a pinned one: on every core, without the flag
         with pytest.raises(RuntimeError, match=rf"worker \(shared\) runs on cores "
                                                rf"\[{', '.join(map(str, cores))}\] with XLA_FLAGS"):
             unpinned.wait_ready(cores)
-    finally:
-        unpinned.close()
-    broken = benchmark_processes.Worker(3, quick=True)  # no round size for batch 3
-    try:
+    # No round size for batch 3: the worker fails, and says why.
+    with contextlib.closing(benchmark_processes.Worker(3, quick=True)) as broken:
         with pytest.raises(RuntimeError, match=r"worker \(shared\) exited with status 1:"
                                                r"(.|\n)*KeyError: 3"):
             broken.wait_ready(cores)
-    finally:
-        broken.close()
