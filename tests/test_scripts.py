@@ -392,6 +392,29 @@ def test_claims_table_states_each_claim_with_its_statistics(tmp_path):
     assert tables.first_row_below(run, "train_nll", 0.5, "epoch") == 1
 
 
+def test_the_ablation_is_tested_at_both_horizons_each_on_its_own_records(tmp_path):
+    """The ablation's claims at 3 epochs read `batch_sizes`, at 20 epochs `batch_sizes_long`;
+    a horizon without records for a claim's batch size shows no row for it."""
+    finals = {"batch_sizes": {"layer": (0.020, 0.021, 0.022), "batch": (0.030, 0.032, 0.031)},
+              "batch_sizes_long": {"layer": (0.015, 0.016, 0.014), "batch": (0.010, 0.012, 0.011)}}
+    records = {}
+    for source, by_norm in finals.items():
+        root = str(tmp_path / source)
+        for norm, errors in by_norm.items():
+            for seed, error in enumerate(errors):
+                _write_mnist_run(root, f"{norm}_bs2_seed{seed}", norm, 2, seed, [0.05, error])
+        records[source] = metrics.load_runs(root)
+    text = tables.claims(reports.CLAIMS, records)
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines()[2:]}
+    assert set(rows) == {"ablation, 3 epochs, bs 2: LN ends with lower test error than BN",
+                         "ablation, 20 epochs, bs 2: LN ends with lower test error than BN"}
+    short = rows["ablation, 3 epochs, bs 2: LN ends with lower test error than BN"]
+    assert "| 2, 2.1, 2.2 | 3, 3.2, 3.1 | -1 [" in short and "**holds**" in short
+    long = rows["ablation, 20 epochs, bs 2: LN ends with lower test error than BN"]
+    assert "| 1.5, 1.6, 1.4 | 1, 1.2, 1.1 | +0.4 [" in long and "**does not hold**" in long
+    assert long.endswith("| `batch_sizes_long` |")
+
+
 def test_updates_to_a_target_count_from_the_records_and_show_in_full(tmp_path):
     root = str(tmp_path / "long")
     for name, cell, errors in (("ln0", "lnlstm", [0.5, 0.3, 0.1]),
