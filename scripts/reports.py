@@ -206,7 +206,7 @@ CLAIMS = (
     # search's rates) and where it ends (20 epochs, at the default rates).
     *_ablation_claims("batch_sizes", "ablation, 3 epochs"),
     *_ablation_claims("batch_sizes_long", "ablation, 20 epochs"),
-    # The batch-128 runs at the short search's rates (3 seeds), which the 60-epoch search
+    # The batch-128 runs at the short search's rates (5 seeds), which the 60-epoch search
     # replaced: do the claims depend on the rate?
     *_batch_128_claims("fig6_short_search", "bs 128, short-search rates"),
     _claim("6000 updates: LN-LSTM leaves the 73% plateau more often than BN-LSTM", "fig2",
