@@ -128,14 +128,15 @@ def fig6(records: list[metrics.RunRecord], out: str, x: str = "epoch") -> str:
     return save_figure(fig, records, out)
 
 
-def batch_sizes(records: list[metrics.RunRecord], out: str) -> str:
-    """Final test error against batch size per norm (log-log: BN's error at batch 2 is an order
-    of magnitude above the rest), mean over finished seeds with min-max bars; the legend counts
-    the seeds that diverged."""
+def batch_sizes(records: list[metrics.RunRecord], out: str, over_last: int = 1) -> str:
+    """Final test error (or its mean over the last `over_last` epochs: tables.final_values)
+    against batch size per norm (log-log: BN's error at batch 2 is an order of magnitude above
+    the rest), mean over finished seeds with min-max bars; the legend counts the seeds that
+    diverged."""
     if not any(r.done for r in records):
         raise ValueError("no finished or diverged runs in these records; run the batch_sizes "
                          "sweep first.")
-    errors = tables.final_values(records)
+    errors = tables.final_values(records, over_last=over_last)
     by_cell = tables.diverged_counts(records)
     diverged = {norm: sum(n for (cell_norm, _), n in by_cell.items() if cell_norm == norm)
                 for norm in NORMS}
@@ -159,7 +160,8 @@ def batch_sizes(records: list[metrics.RunRecord], out: str) -> str:
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("batch size")
-    ax.set_ylabel("final test error (%, log)")
+    ax.set_ylabel("final test error (%, log)" if over_last == 1 else
+                  f"test error, mean of the last {over_last} epochs (%, log)")
     ax.set_title(f"pi-MNIST, equal examples seen ({', '.join(map(str, epochs))} epochs)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, title="bars: min-max over seeds", title_fontsize=7)

@@ -213,15 +213,23 @@ def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
     return "\n".join(lines), chosen
 
 
-def final_values(records: list[metrics.RunRecord], key: str = "test_error"
+def final_values(records: list[metrics.RunRecord], key: str = "test_error", over_last: int = 1
                  ) -> dict[str, dict[int, list[float]]]:
-    """norm -> batch size -> the final `key` of every finished run (one per seed)."""
+    """norm -> batch size -> per finished run (one per seed): its final `key`, or with
+    `over_last` > 1 the mean of its last `over_last` evaluations."""
     values: dict[str, dict[int, list[float]]] = {}
     for record in records:
         if record.finished:
             norm, batch_size = record.config["norm"], record.config["batch_size"]
-            values.setdefault(norm, {}).setdefault(batch_size, []).append(record.rows[-1][key])
+            last = [row[key] for row in record.rows[-over_last:]]
+            values.setdefault(norm, {}).setdefault(batch_size, []).append(sum(last) / len(last))
     return values
+
+
+def final_measure(over_last: int, epochs: str) -> str:
+    """What final_values(..., over_last) measures on runs of `epochs` epochs, in words."""
+    return (f"final test error (%) after {epochs} epochs" if over_last == 1 else
+            f"test error (%) averaged over the last {over_last} of {epochs} epochs")
 
 
 def diverged_counts(records: list[metrics.RunRecord]) -> dict[tuple[str, int], int]:
@@ -234,11 +242,12 @@ def diverged_counts(records: list[metrics.RunRecord]) -> dict[tuple[str, int], i
     return counts
 
 
-def batch_sizes(records: list[metrics.RunRecord]) -> str:
-    """One row per norm, one column per batch size: mean final test error (%) ± the sample
-    standard deviation over finished seeds, with the seed and epoch counts under it, and the
-    seeds that diverged beside it."""
-    errors = final_values(records)
+def batch_sizes(records: list[metrics.RunRecord], over_last: int = 1) -> str:
+    """One row per norm, one column per batch size: the mean over finished seeds of each run's
+    final test error (%), or of its mean over the last `over_last` epochs, ± the sample
+    standard deviation, with the seed and epoch counts under it, and the seeds that diverged
+    beside it."""
+    errors = final_values(records, over_last=over_last)
     diverged = diverged_counts(records)
     norms = [n for n in NORM_ORDER if n in errors or any(k[0] == n for k in diverged)]
     sizes = sorted({bs for by_size in errors.values() for bs in by_size}
@@ -258,9 +267,9 @@ def batch_sizes(records: list[metrics.RunRecord]) -> str:
     epochs = sorted({r.config["num_epochs"] for r in records if r.done})
     seeds = (f"{counts.pop()} finished seed(s) per cell" if len(counts) == 1 else
              "the finished seeds (their number in brackets)")
-    lines += ["", f"Final test error (%) after {', '.join(map(str, epochs))} epochs: mean "
-                  f"(± sample standard deviation) over {seeds}; the figure's bars are the "
-                  f"min-max range."]
+    what = final_measure(over_last, ", ".join(map(str, epochs)))
+    lines += ["", f"{what[0].upper() + what[1:]}: mean (± sample standard deviation) over "
+                  f"{seeds}; the figure's bars are the min-max range."]
     return "\n".join(lines)
 
 
