@@ -92,10 +92,7 @@ def _mean_of_last(key: str, rows: int, scale: float = 100.0
                   ) -> Callable[[metrics.RunRecord], float]:
     """The mean over the last `rows` evaluations: where a curve swings from epoch to epoch (BN's
     test error at batch 4), one epoch's value says more about the swing than about the run."""
-    def measure(run):
-        last = [row[key] for row in run.rows[-rows:]]
-        return scale * sum(last) / len(last)
-    return measure
+    return lambda run: scale * tables.mean_of_last(run, key, rows)
 
 
 def _epoch_staying_below(key: str, target: float) -> Callable[[metrics.RunRecord], float]:

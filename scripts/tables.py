@@ -213,6 +213,12 @@ def mnist_learning_rates(records: list[metrics.RunRecord]) -> tuple[str, dict]:
     return "\n".join(lines), chosen
 
 
+def mean_of_last(run: metrics.RunRecord, key: str, rows: int) -> float:
+    """The mean of `key` over the run's last `rows` evaluations (its final value for 1)."""
+    last = [row[key] for row in run.rows[-rows:]]
+    return sum(last) / len(last)
+
+
 def final_values(records: list[metrics.RunRecord], key: str = "test_error", over_last: int = 1
                  ) -> dict[str, dict[int, list[float]]]:
     """norm -> batch size -> per finished run (one per seed): its final `key`, or with
@@ -221,8 +227,8 @@ def final_values(records: list[metrics.RunRecord], key: str = "test_error", over
     for record in records:
         if record.finished:
             norm, batch_size = record.config["norm"], record.config["batch_size"]
-            last = [row[key] for row in record.rows[-over_last:]]
-            values.setdefault(norm, {}).setdefault(batch_size, []).append(sum(last) / len(last))
+            values.setdefault(norm, {}).setdefault(batch_size, []).append(
+                mean_of_last(record, key, over_last))
     return values
 
 
