@@ -122,6 +122,12 @@ def test_sweep_files_list_unique_runs_in_priority_order():
     sizes = pi_mnist_sweeps.get_config("batch_sizes").runs
     assert not any(r["overrides"]["norm"] == "batch" and r["overrides"]["batch_size"] == 1
                    for r in sizes)
+    # Seeds 0-2 at every batch size, then seeds 3-7 at batch 1 only, for LN and no norm.
+    assert len(sizes) == 3 * 26 + 5 * 2
+    assert [r["name"] for r in sizes[78:80]] == ["layer_bs1_seed3", "none_bs1_seed3"]
+    assert {r["overrides"]["seed"] for r in sizes[78:]} == {3, 4, 5, 6, 7}
+    assert {r["overrides"]["batch_size"] for r in sizes[78:]} == {1}
+    assert len(pi_mnist_sweeps.get_config("batch_sizes_long").runs) == 3 * 26
     fig2 = attentive_reader_sweeps.get_config("fig2").runs
     assert [r["name"] for r in fig2[:4]] == ["lstm_seed0", "bnlstm_seed0", "bn_everywhere_seed0",
                                             "lnlstm_seed0"]
