@@ -528,20 +528,29 @@ def seeds_to_settle(claim_list: Sequence[Claim], records: Mapping[str, list[metr
 
 def runtimes(records: Mapping[str, list[metrics.RunRecord]],
              rows: Sequence[tuple[str, str, Mapping[str, object]]]) -> str:
-    """Per (label, source, config selection): the finished runs, the median minutes of training
-    and evaluation one run took (the sum of its rounds' seconds: start-up, data preparation and
-    compiling excluded), their total, and the machines their records name."""
+    """Per (label, source, config selection) and per machine: the finished runs, the median
+    minutes of training and evaluation one run took (the sum of its rounds' seconds: start-up,
+    data preparation and compiling excluded), their total, and the machine their records name.
+    One row per machine, so that a median never mixes a pinned core with a whole machine."""
     lines = ["| runs of | runs | minutes per run (median) | hours in all | made on |",
              "|---|---|---|---|---|"]
     for label, name, where in rows:
-        runs = [r for r in records.get(name, []) if r.finished and _matches(r, where)]
-        if not runs:
-            continue
-        minutes = [sum(row.get("round_seconds", 0.0) for row in run.rows) / 60 for run in runs]
-        machines = sorted({machine_label(entry) for run in runs for entry in run.provenance})
-        lines.append(f"| {label} | {len(runs)} | {np.median(minutes):.1f} | "
-                     f"{sum(minutes) / 60:.1f} | {', '.join(machines) or 'unrecorded'} |")
+        by_machine: dict[str, list[float]] = {}
+        for run in records.get(name, []):
+            if run.finished and _matches(run, where):
+                minutes = sum(row.get("round_seconds", 0.0) for row in run.rows) / 60
+                by_machine.setdefault(run_machine_label(run), []).append(minutes)
+        for machine, minutes in sorted(by_machine.items()):
+            lines.append(f"| {label} | {len(minutes)} | {np.median(minutes):.1f} | "
+                         f"{sum(minutes) / 60:.1f} | {machine} |")
     return "\n".join(lines)
+
+
+def run_machine_label(run: metrics.RunRecord) -> str:
+    """The machines a run's starts name, in order ('cpu (1 of 2 cores) then cpu (2 cores)' for
+    a run resumed on the whole machine), or 'unrecorded'."""
+    machines = dict.fromkeys(machine_label(entry) for entry in run.provenance)
+    return " then ".join(machines) or "unrecorded"
 
 
 def machine_label(entry: Mapping) -> str:
