@@ -8,13 +8,14 @@ each of its rounds.
 
 from __future__ import annotations
 
+import ast
 import datetime
 import hashlib
 import importlib.metadata
 import os
 import platform
 import subprocess
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
@@ -63,33 +64,70 @@ def git_state(repo: str = REPO) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def source_digest(package_dir: str = PACKAGE_DIR) -> str:
-    """sha256 of the package's Python source: every .py file's path and bytes, in path order.
+def _source_files(package_dir: str) -> list[str]:
+    """The package's .py files, relative to it, in path order: the regular files (or links to
+    them) under it; not hidden names (an editor's lock file, `.#train.py`, is a dangling link)
+    nor what a linked folder holds."""
+    return sorted(os.path.relpath(os.path.join(root, name), package_dir)
+                  for root, _, names in os.walk(package_dir)
+                  for name in names
+                  if name.endswith(".py") and not name.startswith(".")
+                  and os.path.isfile(os.path.join(root, name)))
 
-    It names the code that computed a run's rounds where the commit cannot: a tree with
-    uncommitted changes, or a copy outside git. Counted: the regular .py files (or links to
-    them) under the package; not hidden names (an editor's lock file, `.#train.py`, is a
-    dangling link) nor what a linked folder holds.
-    """
-    paths = sorted(os.path.relpath(os.path.join(root, name), package_dir)
-                   for root, _, names in os.walk(package_dir)
-                   for name in names
-                   if name.endswith(".py") and not name.startswith(".")
-                   and os.path.isfile(os.path.join(root, name)))
+
+def _digest(package_dir: str, content: Callable[[bytes], bytes]) -> str:
+    """sha256 over each source file's path and `content` of its bytes."""
     digest = hashlib.sha256()
-    for path in paths:
+    for path in _source_files(package_dir):
         with open(os.path.join(package_dir, path), "rb") as f:
-            source = f.read()
+            data = content(f.read())
         # Lengths delimit the fields, so no two different trees hash the same stream.
-        for part in (path.replace(os.sep, "/").encode(), source):
+        for part in (path.replace(os.sep, "/").encode(), data):
             digest.update(len(part).to_bytes(8, "little") + part)
     return digest.hexdigest()
 
 
+def source_digest(package_dir: str = PACKAGE_DIR) -> str:
+    """sha256 of the package's Python source, byte for byte.
+
+    It names the code that computed a run's rounds where the commit cannot: a tree with
+    uncommitted changes, or a copy outside git.
+    """
+    return _digest(package_dir, lambda source: source)
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_digest(package_dir: str = PACKAGE_DIR) -> str:
+    """sha256 of what the package's source computes: each file's syntax tree without comments,
+    docstrings or layout, so that editing only those does not count as a change of code."""
+    return _digest(package_dir, lambda source: ast.dump(
+        _without_docstrings(ast.parse(source))).encode())
+
+
 def source_changed(before: dict[str, Any], now: dict[str, Any]) -> bool:
-    """Whether the package's source differs between two provenance entries (False when the
-    earlier one, from before the digest was kept, cannot say)."""
+    """Whether the package's code differs between two provenance entries: their code digests
+    where both have one from the same Python (ast.dump's text differs between versions), else
+    their source digests (False when the earlier entry, from before either was kept, cannot
+    say)."""
+    if ("code_sha256" in before and "code_sha256" in now
+            and _minor(before.get("python")) == _minor(now.get("python"))):
+        return before["code_sha256"] != now["code_sha256"]
     return "source_sha256" in before and before["source_sha256"] != now.get("source_sha256")
+
+
+def _minor(version: str | None) -> str | None:
+    """'3.12' from '3.12.7'."""
+    return ".".join(version.split(".")[:2]) if version else None
 
 
 def usable_cpus() -> int | None:
@@ -118,6 +156,7 @@ def collect(matmul_precision: str) -> dict[str, Any]:
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **git_state(),
         "source_sha256": source_digest(),
+        "code_sha256": code_digest(),  # the source less comments and docstrings
         "python": platform.python_version(),
         "packages": package_versions(),
         "platform": platform.platform(),

@@ -185,7 +185,9 @@ def test_resume_with_other_source_says_so(tiny, tmp_path, caplog, monkeypatch):
     config, first = killed_in_epoch_2(tiny, str(tmp_path))
     _, load_split = tiny
     assert first["source_sha256"] == provenance.source_digest()
+    assert first["code_sha256"] == provenance.code_digest()
     monkeypatch.setattr(provenance, "source_digest", lambda: "0" * 64)
+    monkeypatch.setattr(provenance, "code_digest", lambda: "1" * 64)
     with caplog.at_level(logging.WARNING):
         rows = train.train_and_evaluate(config, str(tmp_path), build(load_split))
     assert len(rows) == 2
@@ -195,6 +197,50 @@ def test_resume_with_other_source_says_so(tiny, tmp_path, caplog, monkeypatch):
             "rounds from here are the new code's") in caplog.text
     assert [e["source_sha256"] for e in metrics.read_provenance(str(tmp_path))] == [
         first["source_sha256"], "0" * 64]
+
+
+def test_resume_after_a_comment_only_change_says_nothing(tiny, tmp_path, caplog, monkeypatch):
+    config, first = killed_in_epoch_2(tiny, str(tmp_path))
+    _, load_split = tiny
+    monkeypatch.setattr(provenance, "source_digest", lambda: "0" * 64)  # bytes changed, code not
+    with caplog.at_level(logging.WARNING):
+        rows = train.train_and_evaluate(config, str(tmp_path), build(load_split))
+    assert len(rows) == 2
+    assert "source changed" not in caplog.text
+    assert [e["source_sha256"] for e in metrics.read_provenance(str(tmp_path))] == [
+        first["source_sha256"], "0" * 64]
+
+
+def test_code_digest_ignores_comments_docstrings_and_layout(tmp_path):
+    package = tmp_path / "lnrepro"
+    package.mkdir()
+    (package / "ops.py").write_text('"""Ops."""\n\ndef f(x):\n    """Twice x."""\n'
+                                    '    return 2 * x  # doubled\n')
+    code, source = provenance.code_digest(str(package)), provenance.source_digest(str(package))
+    (package / "ops.py").write_text('"""Ops, reworded."""\n# a new comment\ndef f(x):\n'
+                                    '    """Twice x, reworded."""\n    return 2*x\n')
+    assert provenance.source_digest(str(package)) != source
+    assert provenance.code_digest(str(package)) == code
+    (package / "ops.py").write_text('def f(x):\n    return 3 * x\n')
+    assert provenance.code_digest(str(package)) != code
+    # A body that is only a docstring hashes as `pass`: the same code as an empty body.
+    (package / "ops.py").write_text('def f(x):\n    """Only a docstring."""\n')
+    only_docstring = provenance.code_digest(str(package))
+    (package / "ops.py").write_text('def f(x):\n    pass\n')
+    assert provenance.code_digest(str(package)) == only_docstring != code
+    py = {"python": "3.12.1"}
+    # The code digests decide where both entries have one from the same Python version ...
+    assert not provenance.source_changed({**py, "source_sha256": "a", "code_sha256": "c"},
+                                         {**py, "source_sha256": "b", "code_sha256": "c"})
+    assert provenance.source_changed({**py, "source_sha256": "a", "code_sha256": "c"},
+                                     {"python": "3.12.7", "source_sha256": "a",
+                                      "code_sha256": "d"})
+    # ... else the bytes do: ast.dump's text differs between versions, and older entries lack it.
+    assert provenance.source_changed({**py, "source_sha256": "a", "code_sha256": "c"},
+                                     {"python": "3.13.0", "source_sha256": "b",
+                                      "code_sha256": "c"})
+    assert provenance.source_changed({"source_sha256": "a"},
+                                     {"source_sha256": "b", "code_sha256": "c"})
 
 
 def test_source_digest_names_the_exact_source(tmp_path):
@@ -320,6 +366,7 @@ def test_record_says_what_made_it(tiny, tmp_path):
     assert entry["xla_flags"] == (os.environ.get("XLA_FLAGS") or None)  # tests/conftest.py's
     assert entry["python"] and entry["started"].endswith("+00:00")
     assert entry["source_sha256"] == provenance.source_digest()
+    assert entry["code_sha256"] == provenance.code_digest()
     record = metrics.load_run(str(tmp_path))
     assert record.made_by == f"{(head or 'no-git')[:7]}{'+dirty' if entry['dirty'] else ''} " \
                              f"{jax.default_backend()} float32"
