@@ -24,8 +24,9 @@
   lr_search_full
               A fair search: 7 rates from 1e-5 to 3e-3, the full 60 epochs, seeds 0-1, for every
               (norm, batch size 4 or 128), chosen on the validation split. Batch 128's runs (both
-              seeds, ~4 minutes each on 2 cores) go before batch 4's (~40 minutes each), so that
-              one half of the search is complete long before the other.
+              seeds, ~3 minutes each on 2 cores) go before batch 4's (~40 minutes each on 2 cores,
+              an hour on one pinned core: README, runtimes table), so that one half of the search
+              is complete long before the other.
   bn_controls BN's open choices at batch 128 and 4, 60 epochs, seeds 0-4 at batch 128 (a few
               minutes a run) and 0-2 at batch 4 (40): BN on the hidden layers only (as LN),
               batch statistics at evaluation, and the other variance (biased at batch 4, n - 1
