@@ -97,21 +97,33 @@ def source_digest(package_dir: str = PACKAGE_DIR) -> str:
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
+    """The tree with the docstring of its module, classes and functions removed (a body left
+    empty becomes `pass`, as the code would have to say)."""
+    for node in ast.walk(tree):  # walk queues a node's children before yielding it
         body = getattr(node, "body", None)
         if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
                 and body and isinstance(body[0], ast.Expr)
                 and isinstance(body[0].value, ast.Constant)
                 and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
+            node.body = body[1:] or ([] if isinstance(node, ast.Module) else [ast.Pass()])
     return tree
+
+
+def _code(source: bytes) -> bytes:
+    """What `code_digest` hashes of one file: its syntax tree less docstrings, or, for a file
+    that does not parse (a half-made edit, newer syntax), its bytes: it must not stop a run."""
+    try:
+        return ast.dump(_without_docstrings(ast.parse(source))).encode()
+    except (SyntaxError, ValueError):
+        return b"unparsed:" + source
 
 
 def code_digest(package_dir: str = PACKAGE_DIR) -> str:
     """sha256 of what the package's source computes: each file's syntax tree without comments,
-    docstrings or layout, so that editing only those does not count as a change of code."""
-    return _digest(package_dir, lambda source: ast.dump(
-        _without_docstrings(ast.parse(source))).encode())
+    docstrings or layout, so that editing only those does not count as a change of code. Like
+    `source_digest`, it reads the files on disk when a run starts, not the modules a
+    long-running process imported earlier."""
+    return _digest(package_dir, _code)
 
 
 def source_changed(before: dict[str, Any], now: dict[str, Any]) -> bool:

@@ -392,9 +392,12 @@ class Claim:
 
 
 def _matches(record: metrics.RunRecord, where: Mapping[str, object]) -> bool:
-    # Records made before bn_everywhere existed are not BN-everywhere runs.
-    return all(record.config.get(k, False if k == "bn_everywhere" else None) == v
-               for k, v in where.items())
+    """Whether the record's config has each value `where` names (one of them, for a tuple)."""
+    def has(key, wanted):
+        # Records made before bn_everywhere existed are not BN-everywhere runs.
+        value = record.config.get(key, False if key == "bn_everywhere" else None)
+        return value in wanted if isinstance(wanted, tuple) else value == wanted
+    return all(has(k, v) for k, v in where.items())
 
 
 def _select(records, where: Mapping[str, object]) -> tuple[list[metrics.RunRecord], int]:
@@ -547,8 +550,8 @@ def runtimes(records: Mapping[str, list[metrics.RunRecord]],
 
 
 def run_machine_label(run: metrics.RunRecord) -> str:
-    """The machines a run's starts name, in order ('cpu (1 of 2 cores) then cpu (2 cores)' for
-    a run resumed on the whole machine), or 'unrecorded'."""
+    """The distinct machines a run's starts name, in order of first appearance ('cpu (1 of 2
+    cores) then cpu (2 cores)' for a run resumed on the whole machine), or 'unrecorded'."""
     machines = dict.fromkeys(machine_label(entry) for entry in run.provenance)
     return " then ".join(machines) or "unrecorded"
 

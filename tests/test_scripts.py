@@ -647,14 +647,15 @@ def test_tables_say_how_far_an_incomplete_sweep_has_got(tmp_path):
 
 def test_runtimes_name_the_cores_each_run_could_use(tmp_path):
     root = str(tmp_path / "fig6")
-    for seed in (0, 1, 2):
+    for seed in (0, 1, 2, 3):
         _write_mnist_run(root, f"layer_bs4_seed{seed}", "layer", 4, seed, [0.03] * (seed + 1),
                          num_epochs=seed + 1)
+    _write_mnist_run(root, "layer_bs2_seed0", "layer", 2, 0, [0.03] * 5, num_epochs=5)
     machine = {"backend": "cpu", "cpu_count": 2, "matmul_precision": "highest", "commit": None,
                "dirty": None}
-    # Seed 1 ran alone; seed 2 started pinned to one core (taskset) and resumed on both.
-    metrics.append_provenance(os.path.join(root, "layer_bs4_seed1"), 0,
-                              {**machine, "cpus_usable": 2})
+    # Seeds 1 and 3 ran alone; seed 2 started pinned to one core (taskset) and resumed on both.
+    for run in ("layer_bs4_seed1", "layer_bs4_seed3", "layer_bs2_seed0"):
+        metrics.append_provenance(os.path.join(root, run), 0, {**machine, "cpus_usable": 2})
     metrics.append_provenance(os.path.join(root, "layer_bs4_seed2"), 0,
                               {**machine, "cpus_usable": 1})
     metrics.append_provenance(os.path.join(root, "layer_bs4_seed2"), 1,
@@ -662,13 +663,18 @@ def test_runtimes_name_the_cores_each_run_could_use(tmp_path):
     records = {"fig6": metrics.load_runs(root)}
 
     text = tables.runtimes(records, [("Fig. 6, batch 4", "fig6", {"batch_size": 4}),
-                                     ("Fig. 6, batch 128", "fig6", {"batch_size": 128})])
-    # 1, 2 and 3 rounds of 30 s, one row per machine, so no median mixes a pinned core with the
-    # whole machine; no batch-128 runs, no row.
+                                     ("Fig. 6, batch 128", "fig6", {"batch_size": 128}),
+                                     ("batch 2 or 4", "fig6", {"batch_size": (2, 4)})])
+    # Seeds 0-3 have 1-4 rounds of 30 s. One row per machine, so no median mixes a pinned core
+    # with the whole machine: seeds 1 and 3 (1.0 and 2.0 min) share one. No batch-128 runs, no
+    # row. A tuple selects any of its values: the batch-2 run (2.5 min) joins seeds 1 and 3.
     assert text.splitlines()[2:] == [
         "| Fig. 6, batch 4 | 1 | 1.5 | 0.0 | cpu (1 of 2 cores) then cpu (2 cores) |",
-        "| Fig. 6, batch 4 | 1 | 1.0 | 0.0 | cpu (2 cores) |",
-        "| Fig. 6, batch 4 | 1 | 0.5 | 0.0 | unrecorded |"]
+        "| Fig. 6, batch 4 | 2 | 1.5 | 0.1 | cpu (2 cores) |",
+        "| Fig. 6, batch 4 | 1 | 0.5 | 0.0 | unrecorded |",
+        "| batch 2 or 4 | 1 | 1.5 | 0.0 | cpu (1 of 2 cores) then cpu (2 cores) |",
+        "| batch 2 or 4 | 3 | 2.0 | 0.1 | cpu (2 cores) |",
+        "| batch 2 or 4 | 1 | 0.5 | 0.0 | unrecorded |"]
     assert tables.machine_label({"backend": "cpu"}) == "cpu"  # a record from before cpu_count
     assert tables.machine_label({"backend": "gpu", "device_kind": "NVIDIA H100",
                                  "device_count": 1}) == "NVIDIA H100 (1 device)"

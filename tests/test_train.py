@@ -223,11 +223,31 @@ def test_code_digest_ignores_comments_docstrings_and_layout(tmp_path):
     assert provenance.code_digest(str(package)) == code
     (package / "ops.py").write_text('def f(x):\n    return 3 * x\n')
     assert provenance.code_digest(str(package)) != code
-    # A body that is only a docstring hashes as `pass`: the same code as an empty body.
+    # A body that is only a docstring hashes as `pass`: the same code as an empty body; a
+    # module that is only a docstring as an empty file.
     (package / "ops.py").write_text('def f(x):\n    """Only a docstring."""\n')
     only_docstring = provenance.code_digest(str(package))
     (package / "ops.py").write_text('def f(x):\n    pass\n')
     assert provenance.code_digest(str(package)) == only_docstring != code
+    (package / "__init__.py").write_text('"""The package."""\n')
+    with_init = provenance.code_digest(str(package))
+    (package / "__init__.py").write_text("")
+    assert provenance.code_digest(str(package)) == with_init
+    # Docstrings go at every depth: classes, methods, nested and async functions.
+    nested = ('class A:\n    """{0}"""\n    def m(self):\n        """{0}"""\n'
+              '        def inner():\n            """{0}"""\n            return 1\n'
+              '        return inner\n\nasync def g():\n    """{0}"""\n    return 2\n')
+    (package / "cells.py").write_text(nested.format("One."))
+    first = provenance.code_digest(str(package))
+    (package / "cells.py").write_text(nested.format("Another."))
+    assert provenance.code_digest(str(package)) == first
+    (package / "cells.py").write_text(nested.format("One.").replace("return 1", "return 3"))
+    assert provenance.code_digest(str(package)) != first
+    # A file that does not parse (a half-made edit) is hashed by its bytes; it stops no run.
+    (package / "cells.py").write_text("def broken(:\n")
+    broken = provenance.code_digest(str(package))
+    (package / "cells.py").write_text("def broken(:  \n")
+    assert provenance.code_digest(str(package)) != broken
     py = {"python": "3.12.1"}
     # The code digests decide where both entries have one from the same Python version ...
     assert not provenance.source_changed({**py, "source_sha256": "a", "code_sha256": "c"},
