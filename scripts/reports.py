@@ -261,7 +261,7 @@ def reader_reference_lines(records: list[metrics.RunRecord]) -> dict[str, float]
     return _corpus_lines(corpora.pop()) if len(corpora) == 1 else {}
 
 
-# The ablation's batch sizes in groups whose runs take about as long: a batch-1 run takes about
+# The ablation's batch sizes in groups whose runs take about as long: a batch-1 run takes over
 # ten times a batch-256 run for the same examples seen.
 ABLATION_RUNTIME_GROUPS = (("1", (1,)), ("2-16", (2, 4, 8, 16)), ("32-256", (32, 64, 128, 256)))
 RUNTIMES = (  # (what, source, config selection) per row of the runtimes table
