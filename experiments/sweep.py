@@ -17,17 +17,22 @@ checkpoints stay in the workdir. A run is done when its record there is finished
 An interrupted program resumes from its members' checkpoints the next time the sweep runs;
 `--publish_only` copies the records of runs in progress (partial, and marked so by their round
 count) without running anything, so they can be committed while the sweep goes on.
+`--reuse_from=DIR` lets another sweep's records stand in for runs that train exactly the same
+(e.g. Fig. 6's first seeds at the searched rate are the search's own runs): such a run takes a
+copy of the record instead of training again.
 """
 
 from __future__ import annotations
 
+import datetime
 import importlib
+import json
 import os
 import re
 import shutil
 import sys
 import time
-from typing import Any
+from typing import Any, Collection, Sequence
 
 import ml_collections
 from absl import app, flags, logging
@@ -49,6 +54,11 @@ _ONLY = flags.DEFINE_string("only", None, "Run only the runs whose name matches 
 _SHARD = flags.DEFINE_string("shard", None, "INDEX/COUNT: run only every COUNT-th run, starting "
                              "at INDEX (0-based), to split a sweep over machines, e.g. "
                              "--shard=$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.")
+_REUSE_FROM = flags.DEFINE_multi_string(
+    "reuse_from", [], "A results directory (repeat the flag for more) whose finished or diverged "
+    "records stand in for this sweep's runs that train exactly the same (the same whole config, "
+    "as in the stale-record check): such a run gets a copy of the record, with copied_from.json "
+    "naming its source, instead of training again.")
 _MEMBERS_PER_PROGRAM = flags.DEFINE_integer(
     "members_per_program", 0, "At most this many runs train as the members of one group (runs "
     "of the same shapes that differ in seed and optimizer settings; one vmapped program on an "
@@ -63,6 +73,10 @@ def run_command(driver: str, base_config: str, overrides: dict[str, Any], workdi
             value = "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
         args.append(f"--config.{key}={value}")
     return args
+
+
+# Beside a record that a sweep copied from another sweep's (--reuse_from): where it came from.
+COPIED_FROM_FILE = "copied_from.json"
 
 
 class StaleRecordError(ValueError):
@@ -108,14 +122,57 @@ def is_done(results_dir: str, name: str) -> bool:
 
 def publish(workdir: str, results_dir: str, name: str) -> None:
     """Copies the run's record (config.json, metrics.jsonl, provenance.json; not its
-    checkpoints) into results_dir/name."""
+    checkpoints) from its workdir (or another record's directory) into results_dir/name."""
     target = os.path.join(results_dir, name)
     os.makedirs(target, exist_ok=True)
-    for filename in metrics.RECORD_FILES:
+    # The files that make a record done (is_done) go last: a copy interrupted before it is whole
+    # is not done, and is made again.
+    last = (metrics.METRICS_FILE, metrics.DIVERGED_FILE)
+    for filename in sorted(metrics.RECORD_FILES, key=lambda file: file in last):
         if not os.path.exists(os.path.join(workdir, filename)):
             continue  # provenance.json: absent from workdirs made before it was kept
         shutil.copyfile(os.path.join(workdir, filename), os.path.join(target, filename + ".tmp"))
         os.replace(os.path.join(target, filename + ".tmp"), os.path.join(target, filename))
+
+
+def find_reusable(sweep, runs, results_dir: str, reuse_from: Sequence[str]) -> dict[str, str]:
+    """name -> the directory of a done record under `reuse_from` that trained what the run
+    trains, for each run not yet done in results_dir that has one. "What it trains" is the
+    whole config, compared as check_record compares it: a setting that changes training
+    (seed, rate, epochs, ...) must match, where the data lives and the rate table need not.
+    Such a record is a run of this very training: Fig. 6's batch-128 seeds 0 and 1, run again
+    on the machine that made the search, repeat the search's records bit for bit."""
+    missing = [directory for directory in reuse_from if not os.path.isdir(directory)]
+    if missing:
+        raise ValueError(f"--reuse_from={missing[0]!r} is not a directory. Name a results "
+                         f"directory of finished runs, e.g. results/pi_mnist/lr_search_full.")
+    candidates = [(os.path.join(directory, record.name), record)
+                  for directory in reuse_from for record in metrics.load_runs(directory)
+                  if record.done]
+    reusable = {}
+    for run in runs if candidates else ():
+        expected = expected_config(sweep, dict(run["overrides"]))
+        check_record(results_dir, run["name"], expected)  # never copy over a stale record
+        if is_done(results_dir, run["name"]):
+            continue
+        for source, record in candidates:
+            if not metrics.config_differences(record.config, expected,
+                                              metrics.RESUMABLE_CHANGES):
+                reusable[run["name"]] = source
+                break
+    return reusable
+
+
+def copy_record(source: str, results_dir: str, name: str) -> None:
+    """Publishes the record in `source` as run `name`'s, saying where it came from first (a copy
+    interrupted before its record is whole is not done, and is copied again)."""
+    target = os.path.join(results_dir, name)
+    os.makedirs(target, exist_ok=True)
+    with open(os.path.join(target, COPIED_FROM_FILE), "w") as f:
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        json.dump({"copied_from": source, "copied_at": now}, f, indent=2)
+        f.write("\n")
+    publish(source, results_dir, name)
 
 
 def select_runs(runs, only: str | None) -> list:
@@ -143,20 +200,23 @@ def shard_runs(runs, shard: str | None) -> list:
     return list(runs)[index::count]
 
 
-def plan_programs(sweep, runs, results_dir: str, members_per_program: int = 0
+def plan_programs(sweep, runs, results_dir: str, members_per_program: int = 0,
+                  copied: Collection[str] = ()
                   ) -> list[list[tuple[dict, ml_collections.ConfigDict]]]:
     """The runs still to do, as programs: [(run, its whole config)] per program.
 
     Runs that can share a program (equal `train.program_key`: the same shapes, norm, batch
     size, model, cell; they differ only in seed and optimizer settings) are grouped in the
     sweep's order, up to `members_per_program` members each (0: the whole group). A run whose
-    record in results_dir is done (finished or diverged) is skipped; a stale record stops the
-    sweep (check_record).
+    record in results_dir is done (finished or diverged) or that is `copied` (find_reusable) is
+    skipped; a stale record stops the sweep (check_record).
     """
     groups: dict[str, list] = {}
     for run in runs:
         config = resolved_config(sweep, dict(run["overrides"]))
         check_record(results_dir, run["name"], metrics.as_json(config.to_dict()))
+        if run["name"] in copied:
+            continue  # run_sweep logged where its record comes from
         if is_done(results_dir, run["name"]):
             logging.info("%s: done, skipped.", run["name"])
             continue
@@ -173,13 +233,20 @@ def plan_programs(sweep, runs, results_dir: str, members_per_program: int = 0
 
 def run_sweep(sweep, workdir_root: str, results_dir: str, dry_run: bool = False,
               only: str | None = None, shard: str | None = None,
-              members_per_program: int = 0) -> list[str]:
+              members_per_program: int = 0, reuse_from: Sequence[str] = ()) -> list[str]:
     """Runs every run not yet done (matching `only`, in `shard`), program after program in this
     one process (data loaded and each program compiled once), and publishes each member's
-    record when its program ends. Returns the names of the runs it ran."""
+    record when its program ends. A run that a record under `reuse_from` already trained gets a
+    copy of it first (find_reusable). Returns the names of the runs it ran."""
     task = importlib.import_module(sweep.task)
     runs = shard_runs(select_runs(sweep.runs, only), shard)
-    programs = plan_programs(sweep, runs, results_dir, members_per_program)
+    reusable = find_reusable(sweep, runs, results_dir, reuse_from)
+    for name, source in reusable.items():
+        logging.info("%s: trains what %s trained; %s its record.", name, source,
+                     "would copy" if dry_run else "copying")
+        if not dry_run:
+            copy_record(source, results_dir, name)
+    programs = plan_programs(sweep, runs, results_dir, members_per_program, copied=reusable)
     ran = []
     for index, program in enumerate(programs):
         names = [run["name"] for run, _ in program]
@@ -222,7 +289,7 @@ def main(argv):
         return
     with common.errors_last():
         run_sweep(_SWEEP.value, _WORKDIR_ROOT.value, _RESULTS_DIR.value, _DRY_RUN.value,
-                  _ONLY.value, _SHARD.value, _MEMBERS_PER_PROGRAM.value)
+                  _ONLY.value, _SHARD.value, _MEMBERS_PER_PROGRAM.value, _REUSE_FROM.value)
 
 
 if __name__ == "__main__":

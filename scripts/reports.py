@@ -28,6 +28,9 @@ NO_RUNS = "_No finished or partial runs recorded yet._"
 class Source:
     sweep: str      # "<sweep file>:<name>", run by experiments/sweep.py
     directory: str  # below the profile's records (and workdirs) root
+    # Other sources' directories whose records may stand in for this sweep's runs that train
+    # exactly the same (experiments/sweep.py --reuse_from).
+    reuse_from: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +45,8 @@ class Profile:
 
 MNIST, READER = "configs/pi_mnist_sweeps.py", "configs/attentive_reader_sweeps.py"
 FULL_SOURCES = {
-    "fig6": Source(f"{MNIST}:fig6", "pi_mnist/fig6"),
+    # Fig. 6's first two seeds at the searched rates are the 60-epoch search's own runs.
+    "fig6": Source(f"{MNIST}:fig6", "pi_mnist/fig6", reuse_from=("pi_mnist/lr_search_full",)),
     "fig6_short_search": Source(f"{MNIST}:fig6_short_search", "pi_mnist/fig6_short_search"),
     "batch_sizes": Source(f"{MNIST}:batch_sizes", "pi_mnist/batch_sizes"),
     "batch_sizes_long": Source(f"{MNIST}:batch_sizes_long", "pi_mnist/batch_sizes_long"),

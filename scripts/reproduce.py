@@ -23,9 +23,11 @@ _PROFILE = flags.DEFINE_enum("profile", "quick", sorted(reports.PROFILES),
                              "Which reproduction to run.")
 
 
-def run_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
+def run_sweep(sweep: str, workdir_root: str, records_dir: str,
+              reuse_from: tuple[str, ...] = ()) -> None:
     command = [sys.executable, "-m", "experiments.sweep", f"--sweep={sweep}",
                f"--workdir_root={workdir_root}", f"--results_dir={records_dir}"]
+    command += [f"--reuse_from={directory}" for directory in reuse_from]
     subprocess.run(command, check=True)
 
 
@@ -35,7 +37,9 @@ def reproduce(profile: reports.Profile) -> str:
     for name in profile.sweeps:
         source = profile.sources[name]
         run_sweep(source.sweep, os.path.join(profile.workdir_root, source.directory),
-                  os.path.join(profile.records_root, source.directory))
+                  os.path.join(profile.records_root, source.directory),
+                  tuple(os.path.join(profile.records_root, directory)
+                        for directory in source.reuse_from))
     blocks = reports.build(profile, computed=False)
     os.makedirs(profile.out_dir, exist_ok=True)
     for name, text in blocks.items():

@@ -482,10 +482,11 @@ def test_batch_4_claims_also_compare_the_last_10_epochs_mean(tmp_path):
     assert "| 2, 2.1 | 2, 3.75 |" in tables.claims([last_10], records)
 
 
-def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
+def _fake_sweep(sweep: str, workdir_root: str, records_dir: str, reuse_from=()) -> None:
     """Stands in for scripts.reproduce.run_sweep: writes a short finished record per run, with
-    the config its run would record."""
+    the config its run would record. Every directory it may reuse records from must exist."""
     import importlib
+    assert all(os.path.isdir(directory) for directory in reuse_from), reuse_from
     from experiments import sweep as sweep_runner
     path, name = sweep.split(":")
     plan = importlib.import_module(path[:-3].replace("/", ".")).get_config(name)
@@ -510,10 +511,15 @@ def _fake_sweep(sweep: str, workdir_root: str, records_dir: str) -> None:
 def test_reproduce_builds_every_figure_and_table_from_the_sweeps(tmp_path, monkeypatch, profile):
     from scripts import reproduce
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(reproduce, "run_sweep", _fake_sweep)
+    calls = []
+    monkeypatch.setattr(reproduce, "run_sweep",
+                        lambda *args: (calls.append(args), _fake_sweep(*args)))
     monkeypatch.setattr(reports, "reader_reference_lines", lambda records: {"chance": 0.875})
     plan = reports.PROFILES[profile]
     report = reproduce.reproduce(plan)
+    if profile == "full":  # Fig. 6 takes the search's own runs instead of training them again
+        fig6 = next(call for call in calls if call[0].endswith(":fig6"))
+        assert fig6[2:] == ("results/pi_mnist/fig6", ("results/pi_mnist/lr_search_full",))
     assert "| 4 | layer |" in report and "| LN-LSTM |" in report
     expected = {"pi_mnist_fig6.png", "pi_mnist_fig6_wallclock.png", "attentive_reader_fig2.png"}
     if profile == "full":

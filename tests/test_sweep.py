@@ -1,6 +1,7 @@
 """The sweep runner: command lines, finished-run detection, publishing records."""
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -91,6 +92,95 @@ def test_where_the_data_lives_and_the_logged_diagnostic_do_not_make_a_record_sta
     del moved["matmul_precision"]  # a record made before the setting existed
     _write_run(tmp_path / "a", 2, 2, moved)
     sweep.check_record(str(tmp_path), "a", full)
+
+
+def _write_record_with_provenance(directory, config):
+    _write_run(directory, 2, 2, config)
+    with open(os.path.join(directory, metrics.PROVENANCE_FILE), "w") as f:
+        json.dump([{"commit": "abc1234", "backend": "cpu"}], f)
+
+
+def test_a_run_that_another_sweeps_record_trained_takes_a_copy_instead_of_training(tmp_path):
+    """--reuse_from: run "a" trains what the search's record trained (the same whole config but
+    for where the data lives and the rate table), so it gets a byte-for-byte copy of it, with
+    copied_from.json naming the source, and nothing is trained. Run "b" (another seed) has no
+    such record."""
+    overrides = {"norm": "layer", "num_epochs": 2, "learning_rate": 1e-5}
+    plan = _plan([{"name": "a", "overrides": dict(overrides, seed=0)},
+                  {"name": "b", "overrides": dict(overrides, seed=1)}])
+    search, results = tmp_path / "search", tmp_path / "results"
+    same = dict(sweep.expected_config(plan, dict(overrides, seed=0)), data_dir="/elsewhere",
+                searched_learning_rates={"layer": {"bs128": 1e-3}})
+    _write_record_with_provenance(search / "layer_lr1e-05_seed0", same)
+    _write_record_with_provenance(search / "layer_lr1e-04_seed1",
+                                  sweep.expected_config(plan, dict(overrides, seed=1,
+                                                                   learning_rate=1e-4)))
+    _write_run(search / "unfinished_seed1", 2, 1,
+               sweep.expected_config(plan, dict(overrides, seed=1)))
+    source = str(search / "layer_lr1e-05_seed0")
+    assert sweep.find_reusable(plan, plan.runs, str(results), [str(search)]) == {"a": source}
+
+    plan.runs = plan.runs[:1]
+    sweep.run_sweep(plan, str(tmp_path / "runs"), str(results), dry_run=True,
+                    reuse_from=[str(search)])
+    assert not results.exists()  # a dry run copies nothing
+    assert sweep.run_sweep(plan, str(tmp_path / "runs"), str(results),
+                           reuse_from=[str(search)]) == []  # nothing trained
+    assert not (tmp_path / "runs").exists()
+    for filename in (metrics.CONFIG_FILE, metrics.METRICS_FILE, metrics.PROVENANCE_FILE):
+        assert (results / "a" / filename).read_bytes() == (search / "layer_lr1e-05_seed0" /
+                                                            filename).read_bytes()
+    with open(results / "a" / sweep.COPIED_FROM_FILE) as f:
+        assert json.load(f)["copied_from"] == source
+    assert sweep.is_done(str(results), "a")
+    assert sweep.find_reusable(plan, plan.runs, str(results), [str(search)]) == {}  # done
+
+
+def test_an_interrupted_copy_is_not_done_and_is_made_again_whole(tmp_path, monkeypatch):
+    """The files that make a record done are copied last: a copy that stops before
+    metrics.jsonl leaves a record that is not done, not a finished one without provenance."""
+    plan = _plan([{"name": "a", "overrides": {"num_epochs": 2}}])
+    search, results = tmp_path / "search", tmp_path / "results"
+    _write_record_with_provenance(search / "x", sweep.expected_config(plan, {"num_epochs": 2}))
+    copy = sweep.shutil.copyfile
+
+    def fail_on_metrics(src, dst):
+        if os.path.basename(src) == metrics.METRICS_FILE:
+            raise OSError("disk full")
+        return copy(src, dst)
+
+    monkeypatch.setattr(sweep.shutil, "copyfile", fail_on_metrics)
+    with pytest.raises(OSError):
+        sweep.run_sweep(plan, str(tmp_path / "runs"), str(results), reuse_from=[str(search)])
+    assert (results / "a" / metrics.PROVENANCE_FILE).exists()
+    assert not sweep.is_done(str(results), "a")
+    monkeypatch.setattr(sweep.shutil, "copyfile", copy)
+    assert sweep.run_sweep(plan, str(tmp_path / "runs"), str(results),
+                           reuse_from=[str(search)]) == []
+    assert sweep.is_done(str(results), "a")
+    assert (results / "a" / metrics.METRICS_FILE).read_bytes() == (
+        search / "x" / metrics.METRICS_FILE).read_bytes()
+
+
+def test_a_copy_never_replaces_a_stale_record(tmp_path):
+    """A partial record made with other settings stops the sweep, as without --reuse_from,
+    instead of being overwritten by the copy."""
+    plan = _plan([{"name": "a", "overrides": {"num_epochs": 2}}])
+    search, results = tmp_path / "search", tmp_path / "results"
+    full = sweep.expected_config(plan, {"num_epochs": 2})
+    _write_record_with_provenance(search / "x", full)
+    _write_run(results / "a", 2, 1, dict(full, hidden_sizes=[64, 64]))
+    with pytest.raises(sweep.StaleRecordError, match="hidden_sizes"):
+        sweep.run_sweep(plan, str(tmp_path / "runs"), str(results), reuse_from=[str(search)])
+    assert not (results / "a" / sweep.COPIED_FROM_FILE).exists()
+
+
+def test_a_reuse_directory_that_does_not_exist_is_refused_naming_the_flag(tmp_path):
+    plan = _plan([{"name": "a", "overrides": {"num_epochs": 2}}])
+    with pytest.raises(ValueError, match=r"--reuse_from='.*nowhere' is not a directory"):
+        sweep.run_sweep(plan, str(tmp_path / "runs"), str(tmp_path / "results"),
+                        reuse_from=[str(tmp_path / "nowhere")])
+    assert not (tmp_path / "results").exists()
 
 
 def test_sweep_files_list_unique_runs_in_priority_order():
