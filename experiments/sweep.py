@@ -149,8 +149,10 @@ def find_reusable(sweep, runs, results_dir: str, reuse_from: Sequence[str]) -> d
     candidates = [(os.path.join(directory, record.name), record)
                   for directory in reuse_from for record in metrics.load_runs(directory)
                   if record.done]
+    if not candidates:
+        return {}
     reusable = {}
-    for run in runs if candidates else ():
+    for run in runs:
         expected = expected_config(sweep, dict(run["overrides"]))
         check_record(results_dir, run["name"], expected)  # never copy over a stale record
         if is_done(results_dir, run["name"]):
